@@ -1,0 +1,195 @@
+"""Base (unpruned) checkpoints: train, save, load, hash, and the cached embedded default.
+
+A base checkpoint is a plain dict that loads with ``torch.load(weights_only=True)``::
+
+    {format, model: ModelSpec dict, dataset: {name, seed}, state_dict, metrics, train, sha256}
+
+``sha256`` hashes the state dict's tensors (names, dtypes, shapes and bytes), so it identifies
+the weights no matter where or how often the file is re-saved. Policies and score caches refer
+to a base model by this hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.models import ModelSpec
+
+BASE_FORMAT = "autoprune.base/1"
+
+# Embedded default: what `autoprune search` uses when no model or dataset is given.
+DEFAULT_MODEL = "resnet20"
+DEFAULT_DATASET = "mnist5k"
+DEFAULT_BASE_EPOCHS = 4.0
+
+
+def studies_dir() -> Path:
+    """Where databases, base checkpoints and caches live: $AUTOPRUNE_HOME or ./studies."""
+    return Path(os.environ.get("AUTOPRUNE_HOME", "studies"))
+
+
+def default_base_path(model: str, dataset: str) -> Path:
+    safe = f"{model}-{dataset}".replace("/", "_").replace(":", "_")
+    return studies_dir() / "base" / f"{safe}.pt"
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict, independent of file layout and pickling details."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
+    return digest.hexdigest()
+
+
+@dataclass
+class BaseCheckpoint:
+    """A loaded base checkpoint."""
+
+    path: Path
+    spec: ModelSpec
+    dataset: dict[str, Any]  # {"name": ..., "seed": ...}
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    sha256: str
+
+    def build(self) -> nn.Module:
+        """A fresh model with the base weights loaded (eval mode)."""
+        model = self.spec.build()
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_base(
+    path: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    dataset: dict[str, Any],
+    metrics: dict[str, float],
+    train: dict[str, Any] | None = None,
+) -> str:
+    """Write a base checkpoint atomically and return its sha256."""
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    sha = state_dict_sha256(state_dict)
+    payload = {
+        "format": BASE_FORMAT,
+        "model": spec.to_dict(),
+        "dataset": dict(dataset),
+        "state_dict": state_dict,
+        "metrics": dict(metrics),
+        "train": dict(train or {}),
+        "sha256": sha,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return sha
+
+
+def load_base(path: str | Path) -> BaseCheckpoint:
+    """Load a base checkpoint with ``weights_only=True`` and verify its hash.
+
+    Raises:
+        UserError: the file is missing, not an autoprune base checkpoint, or corrupted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"base checkpoint {path} does not exist: train one with `autoprune train` or fix --base-checkpoint"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"base checkpoint {path} cannot be read ({exc}); it is not a torch file or is damaged"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != BASE_FORMAT:
+        raise UserError(
+            f"{path} is not an autoprune base checkpoint (expected format {BASE_FORMAT})"
+        )
+    sha = state_dict_sha256(payload["state_dict"])
+    if sha != payload.get("sha256"):
+        raise UserError(
+            f"base checkpoint {path} is corrupted: its weights do not match the stored sha256"
+        )
+    return BaseCheckpoint(
+        path=path,
+        spec=ModelSpec.from_dict(payload["model"]),
+        dataset=dict(payload.get("dataset", {})),
+        state_dict=payload["state_dict"],
+        metrics=dict(payload.get("metrics", {})),
+        sha256=sha,
+    )
+
+
+def train_base(
+    model_name: str,
+    dataset_name: str,
+    epochs: float,
+    out: Path,
+    *,
+    data_root: str | None = None,
+    download: bool = False,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "auto",
+    log: Any = print,
+) -> BaseCheckpoint:
+    """Train a model from scratch on a dataset and save it as a base checkpoint."""
+    from autoprune import data, models
+    from autoprune.budget import count_macs_params
+    from autoprune.train import TrainConfig, evaluate, fit, seed_everything, select_device
+
+    splits = data.create(dataset_name, root=data_root, download=download)
+    dev = select_device(device)
+    seed_everything(seed)
+    model = models.create(
+        model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0]
+    )
+    spec = ModelSpec(model_name, splits.num_classes, splits.input_shape)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4)
+    log(f"training {model_name} on {dataset_name} for {epochs:g} epochs on {dev}")
+    fit(model, splits.train, config, dev, seed=seed, log=log, val=splits.val)
+    val = evaluate(model, splits.val, dev)
+    test = evaluate(model, splits.test, dev)
+    model.cpu()
+    macs, params = count_macs_params(model, spec.example_inputs())
+    metrics = {
+        "val_accuracy": val.accuracy,
+        "test_accuracy": test.accuracy,
+        "macs": float(macs),
+        "params": float(params),
+    }
+    save_base(out, model, spec, {"name": dataset_name, "seed": 0}, metrics, train=asdict(config))
+    log(
+        f"val acc {val.accuracy:.4f}  test acc {test.accuracy:.4f}  MACs {macs / 1e6:.2f}M  params {params / 1e6:.3f}M -> {out}"
+    )
+    return load_base(out)
+
+
+def ensure_default_base(
+    model_name: str, dataset_name: str, log: Any = print, **kwargs: Any
+) -> BaseCheckpoint:
+    """The cached base checkpoint for (model, dataset), training it on first use."""
+    path = default_base_path(model_name, dataset_name)
+    if path.is_file():
+        return load_base(path)
+    log(f"no base checkpoint for {model_name}/{dataset_name} yet: training one (cached at {path})")
+    return train_base(
+        model_name, dataset_name, kwargs.pop("epochs", DEFAULT_BASE_EPOCHS), path, log=log, **kwargs
+    )

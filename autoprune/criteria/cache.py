@@ -1,0 +1,47 @@
+"""On-disk cache of base-model channel scores.
+
+Scores of the unpruned base model depend only on (base weights, criterion, calibration set,
+seed), so every trial of a study that uses a data-driven criterion on its first pruning step
+can read them instead of running calibration passes again. Entries are one file each, written
+atomically, so concurrent trial workers on one host never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+
+class ScoreCache:
+    """Directory of ``{group name: score tensor}`` files keyed by a content hash."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(base_sha256: str, criterion: str, calibration_spec: str, seed: int) -> str:
+        raw = f"{base_sha256}|{criterion}|{calibration_spec}|{seed}"
+        return f"{criterion}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            scores = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None  # a damaged entry is recomputed, never trusted
+        return scores if isinstance(scores, dict) else None
+
+    def put(self, key: str, scores: dict[str, torch.Tensor]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in scores.items()}, tmp)
+        os.replace(tmp, path)

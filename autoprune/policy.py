@@ -1,0 +1,339 @@
+"""Policy: the unit the service searches, stores, exports and replays.
+
+A policy is plain data with a lossless YAML form (``schema: autoprune.policy/1``)::
+
+    >>> from autoprune.policy import Policy
+    >>> p = Policy.from_yaml('''
+    ... schema: autoprune.policy/1
+    ... model: {name: resnet20, num_classes: 10, input_shape: [1, 28, 28]}
+    ... target_macs_ratio: 0.5
+    ... groups:
+    ...   layer1.0.conv1: {rate: 0.3, criterion: l1}
+    ... ''')
+    >>> p.retrain.epochs, p.schedule.iterative_steps
+    (1.0, 1)
+    >>> Policy.from_yaml(p.to_yaml()) == p
+    True
+
+Only ``model`` and ``groups`` are required; every other section has defaults. Structural
+validation (types, ranges) happens on load; validation against a concrete model (group names,
+criteria) is :meth:`Policy.validate_against`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprune.errors import UserError
+from autoprune.models import ModelSpec
+
+SCHEMA = "autoprune.policy/1"
+
+
+@dataclass
+class GroupPolicy:
+    """What to do with one DepGraph group."""
+
+    rate: float  # share of the group's channels to remove, in [0, 1)
+    criterion: str = "l1"  # name in the criteria registry; "auto" = loss-aware selection
+    chosen_from: list[str] | None = (
+        None  # set on applied policies when criterion was picked by `auto`
+    )
+
+
+@dataclass
+class BaseRef:
+    """Which base checkpoint the policy was found for."""
+
+    checkpoint: str | None = None  # path of the base checkpoint
+    sha256: str | None = None  # checked against the checkpoint's weights when present
+
+
+@dataclass
+class Depth:
+    """Discriminative layer pruning: residual blocks removed before channel pruning."""
+
+    drop_blocks: list[str] = field(default_factory=list)  # module names, e.g. "layer3.7"
+
+
+@dataclass
+class ClassAware:
+    """Class-importance threshold of the class-aware criterion."""
+
+    min_classes: float | None = None  # channels important for fewer classes are removal candidates
+    samples_per_class: int = 10  # images per class used to count
+
+
+@dataclass
+class Schedule:
+    """How pruning is spread over steps."""
+
+    iterative_steps: int = 1  # prune in k steps, rescoring channels between steps
+    finetune_between_steps: float = 0.0  # epochs of fine-tuning after each intermediate step
+
+
+@dataclass
+class Retrain:
+    """The fine-tune after pruning (search trial) and the basis of replay's longer fine-tune."""
+
+    epochs: float = 1.0  # fractional epochs allowed
+    lr: float = 0.02
+    optimizer: str = "sgd"  # sgd | adam
+    schedule: str = "cosine"  # cosine | step | constant
+    regularizer: str = "none"  # none | orthogonal
+    regularizer_weight: float = 0.01
+
+
+@dataclass
+class Policy:
+    """A complete pruning policy for one model (see module docstring for the YAML form)."""
+
+    model: ModelSpec
+    groups: dict[str, GroupPolicy]
+    target_macs_ratio: float | None = None  # None: apply the rates as written
+    base: BaseRef = field(default_factory=BaseRef)
+    depth: Depth = field(default_factory=Depth)
+    class_aware: ClassAware = field(default_factory=ClassAware)
+    schedule: Schedule = field(default_factory=Schedule)
+    retrain: Retrain = field(default_factory=Retrain)
+    seed: int = 0
+    measured: dict[str, float] = field(default_factory=dict)  # written by the service
+
+    # ------------------------------------------------------------------ dict / YAML
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": SCHEMA, "model": self.model.to_dict()}
+        if self.base.checkpoint is not None or self.base.sha256 is not None:
+            out["base"] = {k: v for k, v in vars(self.base).items() if v is not None}
+        if self.target_macs_ratio is not None:
+            out["target_macs_ratio"] = self.target_macs_ratio
+        groups: dict[str, Any] = {}
+        for name, g in self.groups.items():
+            entry: dict[str, Any] = {"rate": g.rate, "criterion": g.criterion}
+            if g.chosen_from is not None:
+                entry["chosen_from"] = list(g.chosen_from)
+            groups[name] = entry
+        out["groups"] = groups
+        if self.depth.drop_blocks:
+            out["depth"] = {"drop_blocks": list(self.depth.drop_blocks)}
+        if self.class_aware != ClassAware():
+            out["class_aware"] = dict(vars(self.class_aware))
+        out["schedule"] = dict(vars(self.schedule))
+        out["retrain"] = dict(vars(self.retrain))
+        out["seed"] = self.seed
+        if self.measured:
+            out["measured"] = dict(self.measured)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "policy") -> Policy:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source}: not valid YAML ({exc})") from exc
+        return cls.from_dict(raw, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"policy file {path} does not exist")
+        return cls.from_yaml(path.read_text(), source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "policy") -> Policy:
+        if not isinstance(raw, dict):
+            raise UserError(
+                f"{source}: a policy must be a mapping with at least 'model' and 'groups'"
+            )
+        schema = raw.get("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise UserError(f"{source}: schema '{schema}' is not supported; expected '{SCHEMA}'")
+        allowed = {
+            "schema",
+            "model",
+            "base",
+            "target_macs_ratio",
+            "groups",
+            "depth",
+            "class_aware",
+            "schedule",
+            "retrain",
+            "seed",
+            "measured",
+        }
+        _reject_unknown(raw, allowed, source)
+        if "model" not in raw:
+            raise UserError(
+                f"{source}: field 'model' is missing; give {{name, num_classes, input_shape}}"
+            )
+        model = ModelSpec.from_dict(raw["model"])
+        groups_raw = raw.get("groups") or {}
+        if not isinstance(groups_raw, dict):
+            raise UserError(f"{source}: 'groups' must map group names to {{rate, criterion}}")
+        groups: dict[str, GroupPolicy] = {}
+        for name, entry in groups_raw.items():
+            where = f"{source}: groups.{name}"
+            if isinstance(entry, (int, float)):
+                entry = {"rate": entry}
+            if not isinstance(entry, dict):
+                raise UserError(f"{where} must be a mapping like {{rate: 0.3, criterion: l1}}")
+            _reject_unknown(entry, {"rate", "criterion", "chosen_from"}, where)
+            rate = _number(entry.get("rate", 0.0), f"{where}.rate")
+            if not 0.0 <= rate < 1.0:
+                raise UserError(
+                    f"{where}.rate = {rate} is outside [0, 1): a group keeps at least one channel"
+                )
+            chosen = entry.get("chosen_from")
+            groups[str(name)] = GroupPolicy(
+                rate=rate,
+                criterion=str(entry.get("criterion", "l1")),
+                chosen_from=[str(c) for c in chosen] if chosen is not None else None,
+            )
+        target = raw.get("target_macs_ratio")
+        if target is not None:
+            target = _number(target, f"{source}: target_macs_ratio")
+            if not 0.0 < target <= 1.0:
+                raise UserError(f"{source}: target_macs_ratio = {target} must be in (0, 1]")
+        policy = cls(
+            model=model,
+            groups=groups,
+            target_macs_ratio=target,
+            base=_section(BaseRef, raw.get("base"), f"{source}: base"),
+            depth=_section(Depth, raw.get("depth"), f"{source}: depth"),
+            class_aware=_section(ClassAware, raw.get("class_aware"), f"{source}: class_aware"),
+            schedule=_section(Schedule, raw.get("schedule"), f"{source}: schedule"),
+            retrain=_section(Retrain, raw.get("retrain"), f"{source}: retrain"),
+            seed=int(_number(raw.get("seed", 0), f"{source}: seed")),
+            measured={str(k): float(v) for k, v in (raw.get("measured") or {}).items()},
+        )
+        policy._check_sections(source)
+        return policy
+
+    def _check_sections(self, source: str) -> None:
+        if self.schedule.iterative_steps < 1:
+            raise UserError(
+                f"{source}: schedule.iterative_steps = {self.schedule.iterative_steps} must be >= 1"
+            )
+        if self.retrain.epochs < 0:
+            raise UserError(f"{source}: retrain.epochs = {self.retrain.epochs} must be >= 0")
+        if self.retrain.optimizer not in ("sgd", "adam"):
+            raise UserError(
+                f"{source}: retrain.optimizer '{self.retrain.optimizer}' is unknown; allowed: sgd, adam"
+            )
+        if self.retrain.schedule not in ("cosine", "step", "constant"):
+            raise UserError(
+                f"{source}: retrain.schedule '{self.retrain.schedule}' is unknown; allowed: cosine, step, constant"
+            )
+        if self.retrain.regularizer not in ("none", "orthogonal"):
+            raise UserError(
+                f"{source}: retrain.regularizer '{self.retrain.regularizer}' is unknown; allowed: none, orthogonal"
+            )
+        mc = self.class_aware.min_classes
+        if mc is not None and not 0 <= mc <= self.model.num_classes:
+            raise UserError(
+                f"{source}: class_aware.min_classes = {mc} must be in [0, {self.model.num_classes}] (the number of classes)"
+            )
+
+    # ------------------------------------------------------------------ validation against a model
+
+    def validate_against(
+        self, spec: ModelSpec, group_names: list[str] | None = None, base_sha256: str | None = None
+    ) -> None:
+        """Check that this policy can be applied to a model whose groups are ``group_names``.
+
+        ``group_names=None`` skips the group check (used before blocks are dropped, when the
+        final group list is not known yet).
+
+        Raises:
+            UserError: the policy was written for another model, names an unknown group or
+                criterion, or its base hash does not match ``base_sha256``.
+        """
+        from autoprune import criteria
+
+        if (self.model.name, self.model.num_classes, tuple(self.model.input_shape)) != (
+            spec.name,
+            spec.num_classes,
+            tuple(spec.input_shape),
+        ):
+            raise UserError(
+                f"policy is for model {self.model.to_dict()} but the base checkpoint is {spec.to_dict()}: "
+                "use the policy with the base checkpoint it was searched on"
+            )
+        unknown = [g for g in self.groups if group_names is not None and g not in group_names]
+        if unknown:
+            raise UserError(
+                f"policy names group(s) {', '.join(unknown)} that {spec.name} does not have; "
+                f"allowed groups: {', '.join(group_names or [])} (see `autoprune inspect --model {spec.name}`)"
+            )
+        known = set(criteria.available()) | {"auto"}
+        for name, g in self.groups.items():
+            if g.criterion not in known:
+                raise UserError(
+                    f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
+                )
+        if (
+            base_sha256 is not None
+            and self.base.sha256 is not None
+            and self.base.sha256 != base_sha256
+        ):
+            raise UserError(
+                f"policy base.sha256 {self.base.sha256[:12]}... does not match the base checkpoint's {base_sha256[:12]}...: "
+                "the policy was searched on other weights"
+            )
+
+
+def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise UserError(
+            f"{where}: unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _number(value: Any, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(float(value))
+    ):
+        raise UserError(f"{where} = {value!r} must be a finite number")
+    return float(value)
+
+
+def _section(cls: Any, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a mapping")
+    names = {f.name: f for f in fields(cls)}
+    _reject_unknown(raw, set(names), where)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            values[key] = bool(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            number = _number(value, f"{where}.{key}")
+            values[key] = int(number) if isinstance(default, int) else number
+        elif isinstance(default, list):
+            if not isinstance(value, list):
+                raise UserError(f"{where}.{key} must be a list")
+            values[key] = [str(v) for v in value]
+        elif key == "min_classes":
+            values[key] = None if value is None else _number(value, f"{where}.{key}")
+        else:
+            values[key] = None if value is None else str(value)
+    return cls(**values)

@@ -1,0 +1,182 @@
+"""Pruned checkpoints: policy -> checkpoint, and checkpoint -> model.
+
+A pruned checkpoint never pickles modules. It is a plain dict that loads with
+``torch.load(weights_only=True)``::
+
+    {format, model: ModelSpec dict, policy: applied policy dict, pruning_history,
+     state_dict, metrics, base_sha256}
+
+:func:`load_checkpoint` rebuilds the base architecture, drops the policy's blocks, replays
+the pruning history with torch-pruning's ``load_pruning_history`` and loads the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.models import ModelSpec
+from autoprune.policy import Policy
+
+CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    history: list[list[Any]],
+    policy: Policy,
+    metrics: dict[str, float],
+    base_sha256: str | None,
+) -> Path:
+    """Write a pruned checkpoint atomically."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": policy.model.to_dict(),
+        "policy": policy.to_dict(),
+        "pruning_history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "base_sha256": base_sha256,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module  # pruned architecture with the fine-tuned weights, eval mode
+    policy: Policy
+    metrics: dict[str, float]
+    base_sha256: str | None
+    history: list[list[Any]]
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild a pruned model from a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        UserError: the file is missing, not a pruned autoprune checkpoint, or does not fit.
+    """
+    from autoprune.prune import replay_history
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path} is not a pruned autoprune checkpoint (expected format {CHECKPOINT_FORMAT})"
+        )
+    spec = ModelSpec.from_dict(payload["model"])
+    policy = Policy.from_dict(payload["policy"], source=str(path))
+    model = spec.build().eval()
+    replay_history(model, policy, payload["pruning_history"], spec.example_inputs())
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"checkpoint {path}: weights do not fit the replayed architecture ({exc})"
+        ) from exc
+    return LoadedCheckpoint(
+        model=model.eval(),
+        policy=policy,
+        metrics=dict(payload.get("metrics", {})),
+        base_sha256=payload.get("base_sha256"),
+        history=payload["pruning_history"],
+    )
+
+
+@dataclass
+class ReplayResult:
+    checkpoint: Path
+    test_accuracy: float
+    val_accuracy: float
+    macs_ratio: float
+    params_ratio: float
+    policy: Policy
+
+
+def replay(
+    policy: Policy,
+    *,
+    base_checkpoint: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    epochs: float | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    log: Any = print,
+) -> ReplayResult:
+    """Apply ``policy`` to its base checkpoint, fine-tune, report test accuracy, save a checkpoint.
+
+    The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
+    fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
+    evaluated as well.
+    """
+    from autoprune.base import load_base
+    from autoprune.objective import ObjectiveConfig, base_macs_params, finetune, prune_policy
+    from autoprune.train import evaluate
+
+    checkpoint = base_checkpoint or policy.base.checkpoint
+    if not checkpoint:
+        raise UserError(
+            "the policy names no base checkpoint (base.checkpoint): pass --base-checkpoint"
+        )
+    base = load_base(checkpoint)
+    dataset_name = dataset or base.dataset.get("name")
+    if not dataset_name:
+        raise UserError(f"base checkpoint {checkpoint} records no dataset: pass --dataset")
+    config = ObjectiveConfig(
+        base_checkpoint=str(checkpoint),
+        dataset=dataset_name,
+        data_root=data_root,
+        device=device,
+        threads=threads,
+    )
+    # The applied policy's rates are exact; projecting again would be a no-op but costs a trace.
+    pruned = prune_policy(config, policy, log)
+    retrain_epochs = epochs if epochs is not None else pruned.policy.retrain.epochs * 10
+    log(f"replay: fine-tuning the pruned model for {retrain_epochs:g} epochs")
+    finetune(pruned, config, retrain_epochs, log)
+    test = evaluate(pruned.model, pruned.splits.test, pruned.device)
+    val = evaluate(pruned.model, pruned.splits.val, pruned.device)
+    base_macs, base_params = base_macs_params(base)
+    metrics = {
+        "test_accuracy": test.accuracy,
+        "val_accuracy": val.accuracy,
+        "macs": float(pruned.macs),
+        "macs_ratio": pruned.macs / base_macs,
+        "params": float(pruned.params),
+        "params_ratio": pruned.params / base_params,
+        "base_test_accuracy": float(base.metrics.get("test_accuracy", float("nan"))),
+        "finetune_epochs": float(retrain_epochs),
+    }
+    applied = replace(pruned.policy, measured={**pruned.policy.measured})
+    out_path = (
+        Path(out) if out else Path(checkpoint).with_name(f"{Path(checkpoint).stem}-pruned.pt")
+    )
+    pruned.model.cpu()
+    save_checkpoint(out_path, pruned.model, pruned.history, applied, metrics, base.sha256)
+    return ReplayResult(
+        out_path,
+        test.accuracy,
+        val.accuracy,
+        metrics["macs_ratio"],
+        metrics["params_ratio"],
+        applied,
+    )

@@ -1,0 +1,267 @@
+"""Training, fine-tuning and evaluation loops.
+
+One loop serves base training (``autoprune train``), the short fine-tune of every search trial
+and the longer fine-tune of ``replay``. Epochs may be fractional (``0.5`` = half an epoch of
+steps) so a search can spend less than an epoch per candidate. On CUDA the loop runs in
+mixed precision with channels-last memory; on CPU it runs in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from autoprune.data import batches
+from autoprune.errors import UserError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    """How to (re)train a model. Every field has a default usable for a short fine-tune."""
+
+    epochs: float = 1.0  # passes over the training split; fractions allowed
+    lr: float = 0.05  # peak learning rate
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam"
+    schedule: str = (
+        "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%) or "constant"
+    )
+    weight_decay: float = 5e-4  # L2 penalty on all parameters
+    batch_size: int = 128  # images per step
+    regularizer: str = "none"  # "none" or "orthogonal" (kernel orthogonality on 3x3 convs)
+    regularizer_weight: float = 0.01  # weight of the regulariser term in the loss
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    num_workers: int = 0  # DataLoader workers for datasets that decode images
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise UserError(
+                f"retrain epochs {self.epochs} is negative: use 0 (no fine-tune) or more"
+            )
+        if self.lr <= 0:
+            raise UserError(f"learning rate {self.lr} must be > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserError(f"optimizer '{self.optimizer}' is unknown: use 'sgd' or 'adam'")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise UserError(
+                f"schedule '{self.schedule}' is unknown: use 'cosine', 'step' or 'constant'"
+            )
+        if self.regularizer not in ("none", "orthogonal"):
+            raise UserError(
+                f"regularizer '{self.regularizer}' is unknown: use 'none' or 'orthogonal'"
+            )
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # top-1 in [0, 1]
+    loss: float  # mean cross-entropy
+    samples: int  # how many images were evaluated
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a run is repeatable on the same machine."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; any torch device string is accepted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(
+            f"device '{name}' is not a torch device: use auto, cpu, cuda or cuda:N"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device '{name}' was requested but CUDA is not available: use --device cpu"
+        )
+    return device
+
+
+def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum over 3x3 convolutions of ||W W^T - I||_F^2 with W the (out, in*9) filter matrix.
+
+    Filters are L2-normalised first, so the term measures only their mutual correlation
+    (the class-aware pruning paper's regulariser); it pushes filters to carry distinct features.
+    """
+    terms = []
+    for module in model.modules():
+        if (
+            isinstance(module, nn.Conv2d)
+            and tuple(module.kernel_size) == (3, 3)
+            and module.groups == 1
+        ):
+            w = module.weight.flatten(1)
+            w = w / (w.norm(dim=1, keepdim=True) + 1e-8)
+            gram = w @ w.t()
+            eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+            terms.append(((gram - eye) ** 2).sum())
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    if schedule == "step":
+        return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
+    return 1.0
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    seed: int = 0,
+    log: Log | None = None,
+    val: Dataset | None = None,
+) -> nn.Module:
+    """Train ``model`` in place for ``config.epochs`` (fractional) epochs and return it.
+
+    Args:
+        model: the network; moved to ``device``.
+        train: the training split (augmentation is part of the dataset).
+        config: optimiser, schedule and regulariser settings.
+        device: where to train.
+        seed: seeds the shuffling order and torch's RNG, for repeatable runs.
+        log: called with one line per epoch (loss, accuracy, optional val accuracy, time).
+        val: evaluated after every full epoch when given (only for the log line).
+    """
+    config.validate()
+    model.to(device)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)  # type: ignore[arg-type]
+    total_steps = math.ceil(config.epochs * steps_per_epoch)
+    if total_steps == 0:
+        return model
+    seed_everything(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = device.type == "cuda"
+    if use_amp:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    step, epoch = 0, 0
+    while step < total_steps:
+        start = time.perf_counter()
+        seen = correct = 0
+        loss_sum = 0.0
+        for images, labels in batches(
+            train,
+            config.batch_size,
+            shuffle=True,
+            seed=seed + epoch,
+            num_workers=config.num_workers,
+        ):
+            if step >= total_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(config.schedule, step, total_steps)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if use_amp:
+                images = images.to(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            if config.regularizer == "orthogonal":
+                loss = loss + config.regularizer_weight * orthogonality_penalty(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at step {step}: lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seen += len(labels)
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((logits.detach().argmax(1) == labels).sum())
+        epoch += 1
+        if log is not None and seen:
+            line = (
+                f"epoch {epoch}/{math.ceil(config.epochs)}  loss {loss_sum / seen:.4f}  "
+                f"train acc {correct / seen:.4f}"
+            )
+            if val is not None:
+                line += f"  val acc {evaluate(model, val, device).accuracy:.4f}"
+                model.train()
+            log(line + f"  ({time.perf_counter() - start:.1f}s)")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 500
+) -> EvalResult:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode)."""
+    model.to(device)
+    model.eval()
+    correct = seen = 0
+    loss_sum = 0.0
+    use_amp = device.type == "cuda"
+    for images, labels in batches(dataset, batch_size):
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(images)
+        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    if seen == 0:
+        raise UserError(
+            "the evaluation split is empty: the dataset has too few images for a val/test split"
+        )
+    return EvalResult(accuracy=correct / seen, loss=loss_sum / seen, samples=seen)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    num_batches: int = 8,
+    batch_size: int = 128,
+) -> None:
+    """Re-estimate BatchNorm running statistics on a few training batches (no gradient step).
+
+    Pruning changes the statistics that follow a pruned layer; a cheap re-estimate recovers much
+    of the accuracy when a policy asks for no fine-tuning.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.to(device)
+    model.train()
+    for i, (images, _) in enumerate(batches(dataset, batch_size, shuffle=True, seed=0)):
+        if i >= num_batches:
+            break
+        model(images.to(device))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
