@@ -33,6 +33,8 @@ SAFETY_MARGIN = 0.001
 # When a walk ends further than this under the target, trade channels between groups to close in.
 REFINE_GAP = 0.002
 RATE_DECIMALS = 6
+# Positive raw rates are floored to this (see ``project_to_budget``).
+MIN_POSITIVE_RATE = 1e-9
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
@@ -222,7 +224,8 @@ def project_to_budget(
     """
     if policy.target_macs_ratio is None:
         return policy
-    target = policy.target_macs_ratio - SAFETY_MARGIN
+    wanted = policy.target_macs_ratio  # what the user asked for; messages name this one
+    target = wanted - SAFETY_MARGIN
     inputs = example_inputs if example_inputs is not None else policy.model.example_inputs()
     if macs_model is None and policy.depth.drop_blocks:
         # Channel rates apply to the model left after block removal; ratios stay relative to the base.
@@ -238,7 +241,14 @@ def project_to_budget(
         raise UserError(
             f"policy names group(s) {', '.join(unknown)} that the model does not have; allowed: {', '.join(names)}"
         )
-    raw = [policy.groups[n].rate if n in policy.groups else 0.0 for n in names]
+    # A positive rate far below one channel's worth only orders the group last; flooring it
+    # keeps the scale multipliers below finite (a rate of 1e-300 would overflow them).
+    raw = [
+        max(policy.groups[n].rate, MIN_POSITIVE_RATE)
+        if n in policy.groups and policy.groups[n].rate > 0
+        else 0.0
+        for n in names
+    ]
     caps = [
         max(
             0,
@@ -249,13 +259,20 @@ def project_to_budget(
         )
         for n, c in zip(names, channels, strict=True)
     ]
+    cap_text = (
+        "the per-group caps" if isinstance(max_rate, dict) else f"the per-group cap of {max_rate}"
+    )
     nothing_removed = mm.ratio([0] * len(names))
-    if nothing_removed <= target:
+    # Unpruned, the analytic count is exact (it is torch-pruning's count of this very model), so
+    # no safety margin applies: a target of 1.0 (or one at or above what block removal leaves)
+    # prunes no channel.
+    if nothing_removed <= wanted:
         removed = [0] * len(names)
     else:
         if not any(r > 0 for r in raw):
             raise UserError(
-                f"target_macs_ratio {target} needs pruning, but every group rate is 0: give some groups a rate > 0"
+                f"target_macs_ratio {wanted:g} needs pruning, but every group rate is 0: "
+                "give some groups a rate > 0"
             )
 
         def counts(scale: float) -> list[int]:
@@ -271,7 +288,7 @@ def project_to_budget(
         floor_ratio = mm.ratio(counts(s_max))
         if floor_ratio > target + 1e-12:
             raise UserError(
-                f"target_macs_ratio {target:.3f} is unreachable: with the per-group cap of {max_rate} on the groups "
+                f"target_macs_ratio {wanted:.3f} is unreachable: with {cap_text} on the groups "
                 f"this policy prunes, the smallest reachable MACs ratio is {floor_ratio:.3f}; raise the target, "
                 "the cap, or give more groups a rate > 0"
             )
@@ -292,9 +309,18 @@ def project_to_budget(
                     if next_scale < best_scale:
                         best, best_scale = i, next_scale
             if best < 0:  # unreachable in principle: the cap check above guarantees progress
-                raise UserError(f"target_macs_ratio {target:.3f} is unreachable under the caps")
+                raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
             removed[best] += 1
-        removed = _refine(mm, removed, caps, target)
+        # Only groups the policy prunes may take channels: a rate of 0 means "leave it alone".
+        open_caps = [cap if r > 0 else 0 for r, cap in zip(raw, caps, strict=True)]
+        removed = _refine(mm, removed, open_caps, target)
+        achieved = mm.ratio(removed)
+        if wanted - achieved > DEFAULT_TOLERANCE:
+            raise UserError(
+                f"target_macs_ratio {wanted:.3f} is unreachable within {DEFAULT_TOLERANCE:g}: removing one "
+                f"channel at a time from the groups this policy prunes goes from above the target "
+                f"to {achieved:.3f}; give more groups a rate > 0 or choose another target"
+            )
     groups = {}
     for name, n, c in zip(names, removed, channels, strict=True):
         old = policy.groups.get(name)

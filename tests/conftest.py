@@ -9,8 +9,16 @@ bundled MNIST-5k, a few seconds of training).
 from __future__ import annotations
 
 import os
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -32,3 +40,139 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("base") / "resnet20-mnist5k.pt"
     train_base("resnet20", "mnist5k", 3.0, out, log=lambda _: None)
     return out
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+@pytest.fixture(scope="session")
+def mnist5k_splits() -> Any:
+    """The bundled mnist5k splits (seed 0), loaded once: reading them costs about a second."""
+    from autoprune import data
+
+    return data.create("mnist5k")
+
+
+@pytest.fixture
+def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run Python source in a fresh interpreter (``sys.executable``) and return the result.
+
+    The child inherits the environment, so it sees this test's ``AUTOPRUNE_HOME``; it runs in
+    ``tmp_path`` so nothing it writes lands in the clone. ``check=True`` (the default) fails
+    the test with the child's stderr when it exits non-zero.
+    """
+
+    def run(
+        source: str, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(source), *args],
+            cwd=tmp_path,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"child process exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        return proc
+
+    return run
+
+
+# --------------------------------------------------------------------------- CIFAR-10 on disk
+
+CIFAR10_LABEL_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+CIFAR10_PER_CLASS_PER_BATCH = 2  # 20 images per training batch, 100 training images in all
+
+
+class _Py2Str(bytes):
+    """A Python 2 ``str``: what the real CIFAR pickles hold for keys and names.
+
+    Python 3 reads such a string as ``str`` with ``encoding="latin1"`` (torchvision) and as
+    ``bytes`` with ``encoding="bytes"`` (the dataset's own instructions: ``dict[b'data']``).
+    """
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[misc,name-defined]
+    """Writes :class:`_Py2Str` with the protocol-2 string opcodes Python 2 used."""
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def save_py2str(self, obj: bytes) -> None:
+        data = bytes(obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = save_py2str
+
+
+def _write_py2_pickle(path: Path, obj: Any) -> None:
+    with path.open("wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_cifar10(root: Path, per_class_per_batch: int = CIFAR10_PER_CLASS_PER_BATCH) -> Path:
+    """Write a tiny dataset in CIFAR-10's on-disk format under ``root/cifar-10-batches-py``.
+
+    Five ``data_batch_N`` files and a ``test_batch`` (dicts with ``data``: uint8 N x 3072 in
+    R, G, B planes of 32 x 32, ``labels``, ``batch_label``, ``filenames``) and ``batches.meta``
+    (``label_names``, ``num_cases_per_batch``, ``num_vis``). Pixels are random but seeded, so
+    tests can read the files back to know what each image is.
+    """
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1234)
+    batches = {f"data_batch_{i}": f"training batch {i} of 5" for i in range(1, 6)}
+    batches["test_batch"] = "testing batch 1 of 1"
+    n = per_class_per_batch * len(CIFAR10_LABEL_NAMES)
+    for batch_name, batch_label in batches.items():
+        labels = [i % len(CIFAR10_LABEL_NAMES) for i in range(n)]
+        batch = {
+            _Py2Str(b"batch_label"): _Py2Str(batch_label.encode()),
+            _Py2Str(b"labels"): labels,
+            _Py2Str(b"data"): rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            _Py2Str(b"filenames"): [_Py2Str(f"{batch_name}_{i:05d}.png".encode()) for i in range(n)],
+        }
+        _write_py2_pickle(folder / batch_name, batch)
+    meta = {
+        _Py2Str(b"num_cases_per_batch"): n,
+        _Py2Str(b"label_names"): [_Py2Str(name.encode()) for name in CIFAR10_LABEL_NAMES],
+        _Py2Str(b"num_vis"): 3072,
+    }
+    _write_py2_pickle(folder / "batches.meta", meta)
+    return folder
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding a tiny CIFAR-10 (100 training, 20 test images) in the real format.
+
+    torchvision verifies the md5 of every CIFAR file against the published archive
+    (``check_integrity`` in ``torchvision.datasets.cifar``, called by ``CIFAR10._check_integrity``
+    and ``_load_meta``), which a synthetic file can never match. For the duration of the test
+    that check is replaced by an existence check, so a missing file still reads as "not found"
+    while the parsing code (pickle layout, reshape, labels, class names) runs unchanged.
+    """
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(
+        tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath)
+    )
+    root = tmp_path / "cifar"
+    write_cifar10(root)
+    return root

@@ -18,11 +18,17 @@ all groups at once; their base-model scores are cached on disk (see :mod:`.cache
 
 A *selection rule* (``auto``, loss-aware selection) is a criterion that implements
 :meth:`Criterion.select` instead of scoring: it picks, per group, one of the scoring criteria.
+
+Data-driven criteria observe a channel through its *post-activation feature map*, located by
+:class:`ChannelTaps` (the output of the nonlinearity that follows each of the group's output
+layers, else its normalisation layer, else the layer itself).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +63,10 @@ class Criterion:
     def select(self, groups: list[Any], ctx: ScoringContext) -> dict[str, str]:
         """Selection rules only: the name of the scoring criterion chosen for each group."""
         raise NotImplementedError(f"criterion {self.name} is not a selection rule")
+
+    def cache_tag(self, ctx: ScoringContext) -> str:
+        """Settings besides the calibration set that change this criterion's scores (cache key)."""
+        return ""
 
     is_selection_rule: ClassVar[bool] = False
 
@@ -106,7 +116,7 @@ def _load_builtins() -> None:
         importlib.import_module(f"autoprune.criteria.{module}")
 
 
-_BUILTIN_MODULES = ["magnitude", "similarity"]
+_BUILTIN_MODULES = ["magnitude", "similarity", "energy", "class_aware", "relevance"]
 
 
 # --------------------------------------------------------------------------- calibration
@@ -122,6 +132,9 @@ class Calibration:
     batch_size: int = 64
     seed: int = 0
     _batches: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+    _balanced: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def spec(self) -> str:
@@ -131,22 +144,47 @@ class Calibration:
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The calibration batches, drawn once and kept in memory."""
         if self._batches is None:
-            from autoprune.data import TensorSplit
-
             n = min(self.num_images, len(self.dataset))  # type: ignore[arg-type]
             generator = torch.Generator().manual_seed(self.seed)
             idx = torch.randperm(len(self.dataset), generator=generator)[:n].sort().values  # type: ignore[arg-type]
-            if isinstance(self.dataset, TensorSplit):
-                images, labels = self.dataset.images[idx], self.dataset.labels[idx]
-            else:
-                items = [self.dataset[int(i)] for i in idx]
-                images = torch.stack([torch.as_tensor(x) for x, _ in items])
-                labels = torch.as_tensor([int(y) for _, y in items])
+            images, labels = self._load(idx)
             self._batches = [
                 (images[i : i + self.batch_size], labels[i : i + self.batch_size])
                 for i in range(0, n, self.batch_size)
             ]
         return self._batches
+
+    def class_balanced(self, samples_per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Up to ``samples_per_class`` training images of every class, batched class by class.
+
+        Drawn with ``seed`` independently of :meth:`batches`; every batch holds one class only
+        (classes in increasing order), so per-class statistics can be finished batch by batch.
+        """
+        if samples_per_class not in self._balanced:
+            from autoprune.data import labels_of
+
+            all_labels = labels_of(self.dataset)
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(all_labels), generator=generator)
+            batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for cls in torch.unique(all_labels).tolist():
+                idx = order[all_labels[order] == cls][:samples_per_class].sort().values
+                images, labels = self._load(idx)
+                batches += [
+                    (images[i : i + self.batch_size], labels[i : i + self.batch_size])
+                    for i in range(0, len(idx), self.batch_size)
+                ]
+            self._balanced[samples_per_class] = batches
+        return self._balanced[samples_per_class]
+
+    def _load(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from autoprune.data import TensorSplit
+
+        if isinstance(self.dataset, TensorSplit):
+            return self.dataset.images[idx], self.dataset.labels[idx]
+        items = [self.dataset[int(i)] for i in idx]
+        images = torch.stack([torch.as_tensor(x) for x, _ in items])
+        return images, torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
 
 
 @dataclass
@@ -201,6 +239,14 @@ class ScoringContext:
         self.counters["calibration_passes"] = self.counters.get("calibration_passes", 0) + 1
         return self.inputs.calibration.batches()
 
+    def class_balanced_batches(self, samples_per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``samples_per_class`` calibration images of each class, one class per batch (a pass)."""
+        if self.inputs.calibration is None:
+            self.calibration_batches()  # raises the explanatory error
+        assert self.inputs.calibration is not None
+        self.counters["calibration_passes"] = self.counters.get("calibration_passes", 0) + 1
+        return self.inputs.calibration.class_balanced(samples_per_class)
+
     def module_name(self, module: nn.Module) -> str:
         return self.graph._module2name[module]
 
@@ -218,9 +264,12 @@ class ScoringContext:
         if not use_cache:
             return crit.score_all(views, self)
         assert cache is not None and self.inputs.calibration is not None
-        key = cache.key(
-            self.inputs.base_sha256, criterion_name, self.inputs.calibration.spec, self.seed
-        )
+        # Dropped blocks change every activation downstream, so they are part of the key.
+        spec = self.inputs.calibration.spec + crit.cache_tag(self)
+        dropped = sorted(getattr(getattr(self.policy, "depth", None), "drop_blocks", None) or [])
+        if dropped:
+            spec += "/drop=" + ",".join(dropped)
+        key = cache.key(self.inputs.base_sha256, criterion_name, spec, self.seed)
         cached = cache.get(key) or {}
         missing = [v for v in views if v.name not in cached]
         if missing:
@@ -237,9 +286,12 @@ class ScoringContext:
     def select_auto(
         self, views: list[Any], group_policies: dict[str, Any]
     ) -> tuple[dict[str, str], list[str]]:
+        """Per group, the criterion the ``auto`` rule picks, and the pool it picked from."""
         rule = get("auto")
         chosen = rule.select(views, self)
-        return chosen, list(getattr(rule, "pool", []))
+        pool_for = getattr(rule, "pool_for", None)
+        pool = pool_for(self.policy) if pool_for is not None else getattr(rule, "pool", [])
+        return chosen, list(pool)
 
 
 def weight_matrix(member: Any) -> torch.Tensor:
@@ -264,3 +316,219 @@ def scatter_to_root(values: torch.Tensor, member: Any, channels: int) -> torch.T
     out = torch.zeros(channels, dtype=values.dtype)
     out[torch.as_tensor(member.root_idxs)] = values.cpu()
     return out
+
+
+# --------------------------------------------------------------------------- feature maps
+
+# Modules whose output is a channel's "post-activation" feature map.
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Tanh,
+)
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One observation point: the ``call``-th call of ``module`` in a forward pass."""
+
+    module: nn.Module
+    call: int  # modules may be called several times per forward (torchvision reuses its ReLUs)
+    kind: str  # "activation", "norm" (no nonlinearity follows) or "layer" (neither follows)
+    channels: int
+
+
+@dataclass
+class TapSlot:
+    """How one group reads one tap: tap channel ``layer_idxs[i]`` is group channel ``root_idxs[i]``."""
+
+    tap: int  # index into ChannelTaps.taps
+    layer_idxs: torch.Tensor
+    root_idxs: torch.Tensor
+
+
+class ChannelTaps:
+    """Where each group's channels are observed: the post-activation feature maps of its layers.
+
+    For every conv/linear layer whose output channels a group removes, the tap is the output of
+    the first nonlinearity module reached from it through normalisation layers and residual
+    additions (``relu(bn(conv(x)) + shortcut)`` in a ResNet block, ``relu6(bn(conv))`` in
+    MobileNetV2); without one (a linear bottleneck), the output of its normalisation layer;
+    without that, the layer's own output. A coupled group (a residual stream written by several
+    convolutions) reads every distinct tap of its layers; criteria average over them.
+
+    The map is found once per model by one probe forward pass with autograd recording: from
+    each activation's output the autograd graph is walked back, through anything that is not a
+    layer or another activation, to the layers that produced it. This needs no knowledge of the
+    model's code, handles functional residual adds, in-place ReLUs and modules called more than
+    once (each call is its own tap, identified by its position in the pass).
+    """
+
+    def __init__(self, model: nn.Module, views: list[Any], probe: torch.Tensor) -> None:
+        self.taps: list[Tap] = []
+        self.slots: dict[str, list[TapSlot]] = {}
+        self.channels: dict[str, int] = {v.name: v.channels for v in views}
+        self._calls: dict[nn.Module, int] = {}
+        self._index: dict[tuple[nn.Module, int], int] = {}
+        records = self._probe(model, probe)
+        act_fns = {r[3] for r in records if r[2] == "activation"}
+        layer_of_fn = {r[3]: r[0] for r in records if r[2] == "layer"}
+        found: dict[str, dict[nn.Module, list[tuple[nn.Module, int, int]]]] = {
+            "activation": defaultdict(list),
+            "norm": defaultdict(list),
+            "layer": defaultdict(list),
+        }
+        for module, call, kind, fn, channels in records:
+            if kind == "layer":
+                found["layer"][module].append((module, call, channels))
+                continue
+            for layer in _producers(fn, layer_of_fn, act_fns):
+                if _out_channels(layer) == channels:
+                    found[kind][layer].append((module, call, channels))
+        for view in views:
+            slots: dict[int, TapSlot] = {}
+            for member in view.out_layers(_LAYERS):
+                kind = next((k for k in found if found[k].get(member.module)), "layer")
+                for module, call, channels in found[kind].get(member.module, []):
+                    key = (module, call)
+                    if key not in self._index:
+                        self._index[key] = len(self.taps)
+                        self.taps.append(Tap(module, call, kind, channels))
+                    tap = self._index[key]
+                    slots.setdefault(
+                        tap,
+                        TapSlot(
+                            tap, torch.as_tensor(member.idxs), torch.as_tensor(member.root_idxs)
+                        ),
+                    )
+            if not slots:
+                raise RuntimeError(
+                    f"group {view.name}: none of its layers ran in a forward pass, so its channels "
+                    "cannot be observed"
+                )
+            self.slots[view.name] = list(slots.values())
+
+    def _probe(
+        self, model: nn.Module, probe: torch.Tensor
+    ) -> list[tuple[nn.Module, int, str, Any, int]]:
+        records: list[tuple[nn.Module, int, str, Any, int]] = []
+        counts: dict[nn.Module, int] = defaultdict(int)
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            call = counts[module]
+            counts[module] += 1
+            if not isinstance(output, torch.Tensor) or output.grad_fn is None or output.dim() < 2:
+                return
+            if isinstance(module, _LAYERS):
+                kind = "layer"
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                kind = "norm"
+            else:
+                kind = "activation"
+            records.append((module, call, kind, output.grad_fn, int(output.shape[1])))
+
+        watched = [
+            m
+            for m in model.modules()
+            if isinstance(m, (*_LAYERS, nn.modules.batchnorm._BatchNorm, *ACTIVATIONS))
+        ]
+        handles = [m.register_forward_hook(hook) for m in watched]
+        try:
+            with torch.enable_grad():
+                model(probe.detach().clone().requires_grad_(True))
+        finally:
+            for h in handles:
+                h.remove()
+        self._calls = {m: max(c, 1) for m, c in counts.items()}
+        return records
+
+    @contextlib.contextmanager
+    def observe(
+        self, on_tap: Callable[[int, torch.Tensor], torch.Tensor | None]
+    ) -> Iterator[None]:
+        """Call ``on_tap(tap index, output)`` for every tap during forward passes inside the block.
+
+        What ``on_tap`` returns (if not None) replaces the module's output, e.g. a clone so that
+        later in-place operations of the model cannot change a tensor kept for the backward pass.
+        """
+        seen: dict[nn.Module, int] = defaultdict(int)
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            call = seen[module] % self._calls.get(module, 1)
+            seen[module] += 1
+            tap = self._index.get((module, call))
+            if tap is None or not isinstance(output, torch.Tensor):
+                return None
+            return on_tap(tap, output)
+
+        handles = [m.register_forward_hook(hook) for m in {t.module for t in self.taps}]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def reduce(self, per_tap: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-group scores: the mean over the group's taps of the per-tap channel values."""
+        out: dict[str, torch.Tensor] = {}
+        for name, slots in self.slots.items():
+            total = torch.zeros(self.channels[name], dtype=torch.float64)
+            for slot in slots:
+                values = per_tap.get(slot.tap)
+                if values is not None:
+                    total[slot.root_idxs] += values.detach().double().cpu()[slot.layer_idxs]
+            out[name] = (total / len(slots)).float()
+        return out
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return int(getattr(layer, "out_channels", getattr(layer, "out_features", -1)))
+
+
+def _producers(fn: Any, layer_of_fn: dict[Any, nn.Module], stop: set[Any]) -> list[nn.Module]:
+    """Layers whose output reaches autograd node ``fn`` without crossing another layer/activation."""
+    found: list[nn.Module] = []
+    stack = [f for f, _ in fn.next_functions if f is not None]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in layer_of_fn:
+            if layer_of_fn[node] not in found:
+                found.append(layer_of_fn[node])
+            continue
+        if node in stop:
+            continue
+        stack.extend(f for f, _ in node.next_functions if f is not None)
+    return found
+
+
+@contextlib.contextmanager
+def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Eval mode on ``device`` for the duration of a scoring pass; restores mode and device."""
+    was_training = model.training
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    model.eval()
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
+        model.train(was_training)

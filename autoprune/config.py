@@ -1,0 +1,64 @@
+"""Search configuration: everything ``autoprune search`` needs, stored on the study for resume."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from autoprune.errors import UserError
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+EXECUTORS = ("ray", "local")
+
+
+@dataclass
+class SearchConfig:
+    """One search. Stored as the study's user attr ``autoprune.config`` so ``resume NAME`` works."""
+
+    budget_flops: float = 0.5  # upper bound on the pruned/base MACs ratio (the constraint)
+    model: str = "resnet20"  # model registry name of the base checkpoint's architecture
+    dataset: str = "mnist5k"  # dataset registry name
+    data_root: str | None = None  # dataset folder (cifar10/cifar100)
+    base_checkpoint: str | None = None  # None: the cached embedded default (trained on first use)
+    space: str = "default"  # search space name under search_spaces/ or a YAML path
+    trials: int = 12  # the study's total of COMPLETE trials to reach
+    sampler: str = "tpe"  # tpe | nsga2 | gp | random
+    seed: int = 0  # sampler seed (and policy seed)
+    executor: str = "ray"  # ray (Ray Tune) | local (Optuna's own loop, no Ray)
+    max_concurrent: int = 2  # trials evaluated at once
+    cpus_per_trial: float = 1.0  # Ray resources per trial; also torch threads per trial
+    gpus_per_trial: float = 0.0  # fractions allowed (0.25 = four trials per GPU)
+    ray_address: str | None = None  # join an existing cluster ("auto" or host:port); None: local
+    storage: str | None = None  # SQLAlchemy URL; None: sqlite:///<studies>/autoprune.db
+    study: str | None = None  # study name; None: derived from model, dataset, space and budget
+    device: str = "auto"  # device inside trial workers
+    calibration_images: int = 256  # images data-driven criteria score on
+
+    def validate(self) -> None:
+        if not 0.0 < self.budget_flops <= 1.0:
+            raise UserError(
+                f"--budget-flops {self.budget_flops} is outside (0, 1]: it is the pruned model's share of the base MACs, "
+                "e.g. 0.5 for half"
+            )
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler '{self.sampler}' is unknown; allowed: {', '.join(SAMPLERS)}")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor '{self.executor}' is unknown; allowed: {', '.join(EXECUTORS)}")
+        if self.trials < 1:
+            raise UserError(f"--trials {self.trials} must be >= 1")
+        if self.max_concurrent < 1:
+            raise UserError(f"--max-concurrent {self.max_concurrent} must be >= 1")
+        if self.cpus_per_trial <= 0:
+            raise UserError(f"--cpus-per-trial {self.cpus_per_trial} must be > 0")
+        if self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial {self.gpus_per_trial} must be >= 0")
+        if self.calibration_images < 1:
+            raise UserError(f"--calibration-images {self.calibration_images} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

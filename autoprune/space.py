@@ -1,0 +1,305 @@
+"""Search spaces: which policy fields vary and how; define-by-run sampling; params -> Policy.
+
+A space is a YAML file under ``search_spaces/`` (or any path)::
+
+    schema: autoprune.space/1
+    granularity: group              # group | stage | global: one rate per group, per stage, or one
+    rate: {low: 0.0, high: 0.8}     # raw rates before budget projection
+    max_rate: 0.9                   # cap on any group's rate after projection
+    criteria: [l1, fpgm, energy]    # allowed criteria
+    criterion_per: group            # group | global: a criterion per group, or one for all
+    target_macs_ratio: {low: 0.3}   # the upper end is always --budget-flops
+    retrain: {epochs: [1.0], lr: {low: 0.01, high: 0.05, log: true}, regularizer: [none]}
+    iterative_steps: [1, 2]
+    class_threshold: {low: 1.0, high: 4.0}   # sampled when class_aware is chosen; null: never
+    depth: {max_blocks_per_stage: 1}         # residual blocks that may be dropped per stage
+
+Sampling (:meth:`SearchSpace.sample`) only calls ``trial.suggest_*``: it is pure and cheap, as
+Ray Tune's define-by-run interface requires. :meth:`SearchSpace.to_policy` turns the sampled
+params into a :class:`~autoprune.policy.Policy`; search and replay both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprune.errors import UserError
+from autoprune.models import ModelSpec
+from autoprune.policy import ClassAware, Depth, GroupPolicy, Policy, Retrain, Schedule
+
+SCHEMA = "autoprune.space/1"
+GRANULARITIES = ("group", "stage", "global")
+CRITERION_PER = ("group", "global")
+
+
+def spaces_dir() -> Path:
+    """The bundled search spaces: ``search_spaces/`` next to the package (a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass
+class Range:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space (see module docstring for the YAML form)."""
+
+    name: str
+    granularity: str = "group"
+    rate: Range = field(default_factory=lambda: Range(0.0, 0.8))
+    max_rate: float = 0.9
+    criteria: list[str] = field(default_factory=lambda: ["l1"])
+    criterion_per: str = "group"
+    target_low: float = 0.3
+    retrain_epochs: list[float] = field(default_factory=lambda: [1.0])
+    retrain_lr: Range = field(default_factory=lambda: Range(0.01, 0.05, log=True))
+    regularizers: list[str] = field(default_factory=lambda: ["none"])
+    iterative_steps: list[int] = field(default_factory=lambda: [1])
+    class_threshold: Range | None = None
+    max_blocks_per_stage: int = 0
+    source: str = ""  # the file it came from, for messages
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, name_or_path: str) -> SearchSpace:
+        """Load ``search_spaces/NAME.yaml`` or a YAML file path, validating every field."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = spaces_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            bundled = sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+            raise UserError(
+                f"search space '{name_or_path}' not found ({path}); give a YAML path or one of: {', '.join(bundled)}"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"search space {path}: not valid YAML ({exc})") from exc
+        return cls.from_dict(raw, name=path.stem, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, name: str = "custom", source: str = "search space") -> SearchSpace:
+        from autoprune import criteria
+
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: a search space must be a mapping")
+        allowed = {
+            "schema", "granularity", "rate", "max_rate", "criteria", "criterion_per", "target_macs_ratio",
+            "retrain", "iterative_steps", "class_threshold", "depth", "description",
+        }  # fmt: skip
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise UserError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        if raw.get("schema", SCHEMA) != SCHEMA:
+            raise UserError(f"{source}: schema '{raw.get('schema')}' is not supported; expected '{SCHEMA}'")
+        space = cls(name=name, source=source)
+        space.granularity = _choice(raw, "granularity", GRANULARITIES, space.granularity, source)
+        space.criterion_per = _choice(raw, "criterion_per", CRITERION_PER, space.criterion_per, source)
+        if "rate" in raw:
+            space.rate = _range(raw["rate"], "rate", source, 0.0, 0.99)
+        if "max_rate" in raw:
+            space.max_rate = _float(raw["max_rate"], "max_rate", source, 0.01, 0.99)
+        if "criteria" in raw:
+            names = raw["criteria"]
+            known = [*criteria.available()]
+            if not isinstance(names, list) or not names:
+                raise UserError(f"{source}: field 'criteria' must be a non-empty list; allowed: {', '.join(known)}")
+            bad = [str(n) for n in names if n not in known]
+            if bad:
+                raise UserError(f"{source}: field 'criteria' has unknown {', '.join(bad)}; allowed: {', '.join(known)}")
+            space.criteria = [str(n) for n in names]
+        if "target_macs_ratio" in raw:
+            t = raw["target_macs_ratio"]
+            if not isinstance(t, dict) or set(t) - {"low"}:
+                raise UserError(f"{source}: field 'target_macs_ratio' must be {{low: X}} (the high end is --budget-flops)")
+            space.target_low = _float(t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0)
+        if "retrain" in raw:
+            r = raw["retrain"]
+            if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer"}:
+                raise UserError(f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}) and regularizer (list)")
+            if "epochs" in r:
+                space.retrain_epochs = [_float(e, "retrain.epochs", source, 0.0, 1000.0) for e in _list(r["epochs"], "retrain.epochs", source)]
+            if "lr" in r:
+                space.retrain_lr = _range(r["lr"], "retrain.lr", source, 1e-6, 10.0)
+            if "regularizer" in r:
+                regs = [str(v) for v in _list(r["regularizer"], "retrain.regularizer", source)]
+                bad = [v for v in regs if v not in ("none", "orthogonal")]
+                if bad:
+                    raise UserError(f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; allowed: none, orthogonal")
+                space.regularizers = regs
+        if "iterative_steps" in raw:
+            steps = _list(raw["iterative_steps"], "iterative_steps", source)
+            if not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 10 for s in steps):
+                raise UserError(f"{source}: field 'iterative_steps' must list integers in [1, 10]")
+            space.iterative_steps = [int(s) for s in steps]
+        if raw.get("class_threshold") is not None:
+            space.class_threshold = _range(raw["class_threshold"], "class_threshold", source, 0.0, 1e6)
+        if "depth" in raw and raw["depth"] is not None:
+            d = raw["depth"]
+            if not isinstance(d, dict) or set(d) - {"max_blocks_per_stage"}:
+                raise UserError(f"{source}: field 'depth' takes only max_blocks_per_stage (an integer >= 0)")
+            m = d.get("max_blocks_per_stage", 0)
+            if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+                raise UserError(f"{source}: field 'depth.max_blocks_per_stage' must be an integer >= 0")
+            space.max_blocks_per_stage = m
+        return space
+
+    def check_budget(self, budget: float) -> None:
+        if self.target_low > budget:
+            raise UserError(
+                f"{self.source}: target_macs_ratio.low = {self.target_low} is above --budget-flops {budget}; "
+                "lower it in the space file or raise the budget"
+            )
+
+    # ------------------------------------------------------------------ sampling (pure)
+
+    def sample(self, trial: Any, ctx: SpaceContext) -> None:
+        """Suggest every parameter of one candidate on an Optuna trial (define-by-run, no compute)."""
+        trial.suggest_float("target_macs_ratio", min(self.target_low, ctx.budget), ctx.budget)
+        for unit in ctx.rate_units(self.granularity):
+            trial.suggest_float(f"rate:{unit}", self.rate.low, self.rate.high, log=self.rate.log)
+        chosen = set()
+        if self.criterion_per == "global":
+            chosen.add(trial.suggest_categorical("criterion", self.criteria))
+        else:
+            for group in ctx.group_names:
+                chosen.add(trial.suggest_categorical(f"criterion:{group}", self.criteria))
+        trial.suggest_categorical("retrain_epochs", self.retrain_epochs)
+        trial.suggest_float("retrain_lr", self.retrain_lr.low, self.retrain_lr.high, log=self.retrain_lr.log)
+        trial.suggest_categorical("regularizer", self.regularizers)
+        trial.suggest_categorical("iterative_steps", self.iterative_steps)
+        if self.class_threshold is not None and "class_aware" in chosen:
+            high = min(self.class_threshold.high, float(ctx.spec.num_classes))
+            trial.suggest_float("min_classes", min(self.class_threshold.low, high), high, log=self.class_threshold.log)
+        if self.max_blocks_per_stage > 0:
+            for stage, blocks in ctx.block_ranking.items():
+                trial.suggest_int(f"drop:{stage}", 0, min(self.max_blocks_per_stage, len(blocks)))
+
+    # ------------------------------------------------------------------ params -> policy
+
+    def to_policy(self, params: dict[str, Any], ctx: SpaceContext) -> Policy:
+        """The policy a set of sampled params stands for (before budget projection)."""
+        dropped: list[str] = []
+        for stage, blocks in ctx.block_ranking.items():
+            dropped += blocks[: int(params.get(f"drop:{stage}", 0))]
+        groups: dict[str, GroupPolicy] = {}
+        for group in ctx.group_names:
+            if any(group.startswith(block + ".") for block in dropped):
+                continue  # the group's layers are gone with their block
+            unit = ctx.unit_of(group, self.granularity)
+            criterion = params.get(f"criterion:{group}", params.get("criterion", self.criteria[0]))
+            groups[group] = GroupPolicy(rate=float(params[f"rate:{unit}"]), criterion=str(criterion))
+        min_classes = params.get("min_classes")
+        return Policy(
+            model=ctx.spec,
+            groups=groups,
+            target_macs_ratio=float(params["target_macs_ratio"]),
+            base=ctx.base,
+            depth=Depth(drop_blocks=dropped),
+            class_aware=ClassAware(min_classes=float(min_classes) if min_classes is not None else None),
+            schedule=Schedule(iterative_steps=int(params.get("iterative_steps", 1))),
+            retrain=Retrain(
+                epochs=float(params.get("retrain_epochs", 1.0)),
+                lr=float(params.get("retrain_lr", 0.02)),
+                regularizer=str(params.get("regularizer", "none")),
+            ),
+            seed=ctx.seed,
+        )
+
+
+@dataclass
+class SpaceContext:
+    """What sampling and params->policy need to know about the base model (built once per study)."""
+
+    spec: ModelSpec
+    budget: float
+    group_names: list[str]
+    group_stage: dict[str, str]  # group -> stage key (output resolution of its root layer)
+    block_ranking: dict[str, list[str]] = field(default_factory=dict)  # stage -> blocks, lowest score first
+    base: Any = None  # BaseRef of the policies
+    seed: int = 0
+
+    def rate_units(self, granularity: str) -> list[str]:
+        if granularity == "group":
+            return list(self.group_names)
+        if granularity == "stage":
+            return sorted(set(self.group_stage.values()))
+        return ["global"]
+
+    def unit_of(self, group: str, granularity: str) -> str:
+        if granularity == "group":
+            return group
+        if granularity == "stage":
+            return self.group_stage[group]
+        return "global"
+
+
+def build_context(base: Any, budget: float, seed: int, block_ranking: dict[str, list[str]] | None = None) -> SpaceContext:
+    """Trace the base model once: its groups, their stages (output resolution of the root layer)."""
+    import torch
+
+    from autoprune.policy import BaseRef
+    from autoprune.prune import build_graph, current_groups
+
+    model = base.build()
+    inputs = base.spec.example_inputs()
+    names = list(current_groups(model, build_graph(model, inputs)))
+    sizes: dict[str, str] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda _m, _i, out, n=n: sizes.__setitem__(n, "x".join(str(s) for s in out.shape[2:]) or "flat")
+        )
+        for n in names
+    ]
+    with torch.no_grad():
+        model(inputs)
+    for h in hooks:
+        h.remove()
+    return SpaceContext(
+        spec=base.spec,
+        budget=budget,
+        group_names=names,
+        group_stage={n: f"res{sizes.get(n, 'flat')}" for n in names},
+        block_ranking=block_ranking or {},
+        base=BaseRef(checkpoint=str(base.path), sha256=base.sha256),
+        seed=seed,
+    )
+
+
+def _choice(raw: dict, key: str, allowed: tuple[str, ...], default: str, source: str) -> str:
+    value = raw.get(key, default)
+    if value not in allowed:
+        raise UserError(f"{source}: field '{key}' = {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _float(value: Any, key: str, source: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+        raise UserError(f"{source}: field '{key}' = {value!r} must be a number in [{low}, {high}]")
+    return float(value)
+
+
+def _range(raw: Any, key: str, source: str, low: float, high: float) -> Range:
+    if not isinstance(raw, dict) or set(raw) - {"low", "high", "log"} or "low" not in raw or "high" not in raw:
+        raise UserError(f"{source}: field '{key}' must be {{low: X, high: Y, log: false}}")
+    r = Range(_float(raw["low"], f"{key}.low", source, low, high), _float(raw["high"], f"{key}.high", source, low, high), bool(raw.get("log", False)))
+    if r.low > r.high:
+        raise UserError(f"{source}: field '{key}' has low {r.low} > high {r.high}")
+    if r.log and r.low <= 0:
+        raise UserError(f"{source}: field '{key}' is log-scaled, so low must be > 0")
+    return r
+
+
+def _list(value: Any, key: str, source: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{source}: field '{key}' must be a non-empty list")
+    return value

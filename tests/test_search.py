@@ -1,0 +1,203 @@
+"""End-to-end search through the CLI: local executor, resume, crash recovery, export, replay.
+
+These run real (short) trials of ResNet-20 on the bundled MNIST-5k with the session's trained
+base checkpoint, so they take a few seconds per trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.cli import main
+from autoprune.policy import Policy
+
+FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _search_args(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
+    return [
+        "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
+        "--space", FAST_SPACE, "--trials", str(trials), "--executor", "local", "--storage", f"sqlite:///{db}",
+        "--study", "t", "--quiet", "--cpus-per-trial", "2", *extra,
+    ]  # fmt: skip
+
+
+def _trials(db: Path, name: str = "t") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+
+
+def test_search_resume_export_and_replay(trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = workdir / "s.db"
+    assert main(_search_args(trained_base, db, 3)) == 0
+    trials = _trials(db)
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 3
+    for t in trials:  # every complete trial carries the applied (projected) policy
+        policy = Policy.from_dict(t.user_attrs["policy"])
+        assert policy.measured["macs_ratio"] == pytest.approx(t.values[1], abs=1e-6)
+        assert abs(t.values[1] - policy.target_macs_ratio) <= 0.01
+
+    # The same command with a larger --trials adds exactly the missing trials.
+    assert main(_search_args(trained_base, db, 5)) == 0
+    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 5
+    # `resume NAME` needs only the name (and where the DB is).
+    assert main(["resume", "t", "--storage", f"sqlite:///{db}", "--trials", "6", "--quiet"]) == 0
+    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 6
+
+    exported = sorted((workdir / "policies" / "t").glob("trial-*.yaml"))
+    assert exported, "the feasible front is exported"
+    for path in exported:
+        assert Policy.load(path).measured["macs_ratio"] <= 0.5
+    capsys.readouterr()
+    assert main(["show", "t", "--storage", f"sqlite:///{db}"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+
+    # Replaying an exported policy reproduces its MACs ratio and reports test accuracy.
+    policy = Policy.load(exported[0])
+    out = workdir / "pruned.pt"
+    assert main(["replay", str(exported[0]), "--epochs", "0.1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test acc" in printed
+    from autoprune.replay import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert abs(ckpt.metrics["macs_ratio"] - policy.measured["macs_ratio"]) <= 0.005
+    assert 0.0 <= ckpt.metrics["test_accuracy"] <= 1.0
+
+    # --study replays the winner (highest val accuracy on the front).
+    assert main(["replay", "--study", "t", "--storage", f"sqlite:///{db}", "--epochs", "0", "--out", str(workdir / "w.pt")]) == 0
+
+
+def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: Path) -> None:
+    db = workdir / "s.db"
+    assert main(_search_args(trained_base, db, 1)) == 0
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run(
+        [str(optuna_cli), "trials", "--study-name", "t", "--storage", f"sqlite:///{db}", "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "COMPLETE" in out and "policy" in out
+
+
+def test_eight_energy_trials_compute_calibration_scores_once(trained_base: Path, workdir: Path) -> None:
+    from autoprune import criteria
+
+    if "energy" not in criteria.available():
+        pytest.skip("energy criterion not registered")
+    space = workdir / "energy.yaml"
+    space.write_text(
+        "schema: autoprune.space/1\ncriteria: [energy]\ncriterion_per: global\n"
+        "retrain: {epochs: [0.02]}\niterative_steps: [1]\n"
+    )
+    db = workdir / "s.db"
+    args = _search_args(trained_base, db, 8)
+    args[args.index(FAST_SPACE)] = str(space)
+    assert main(args) == 0
+    trials = [t for t in _trials(db) if t.state is TrialState.COMPLETE]
+    assert len(trials) == 8
+    passes = [t.user_attrs.get("counters", {}).get("calibration_passes", 0) for t in trials]
+    assert sum(passes) == 1, passes
+
+
+def _db_snapshot(db: Path) -> list[tuple]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        return con.execute("select trial_id, state from trials order by trial_id").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--budget-flops", "1.5"], "outside (0, 1]"),
+        (["--budget-flops", "0"], "outside (0, 1]"),
+        (["--sampler", "annealing"], "allowed: tpe, nsga2, gp, random"),
+        (["--space", "BADSPACE"], "unknown field(s) granularityy"),
+        (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/postgres"], "cannot be opened"),
+    ],
+)
+def test_bad_search_input_exits_2_and_leaves_the_db_alone(trained_base: Path, workdir: Path, args: list[str], needle: str) -> None:
+    db = workdir / "s.db"
+    assert main(_search_args(trained_base, db, 1)) == 0
+    before = _db_snapshot(db)
+    bad_space = workdir / "bad.yaml"
+    bad_space.write_text("granularityy: group\n")
+    full = _search_args(trained_base, db, 2)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        value = str(bad_space) if value == "BADSPACE" else value
+        if flag in full:
+            full[full.index(flag) + 1] = value
+        else:
+            full += [flag, value]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "autoprune", *full], capture_output=True, text=True, cwd=workdir, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert _db_snapshot(db) == before
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_resume_finishes_cleanly(trained_base: Path, workdir: Path) -> None:
+    db = workdir / "s.db"
+    space = workdir / "slow.yaml"  # trials long enough to be killed mid-way
+    space.write_text("schema: autoprune.space/1\ncriteria: [l1]\nretrain: {epochs: [0.6]}\n")
+    args = _search_args(trained_base, db, 4)
+    args[args.index(FAST_SPACE)] = str(space)
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune", *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            states = [s for _, s in _db_snapshot(db)] if db.exists() else []
+            if states.count("COMPLETE") >= 1 and "RUNNING" in states:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search never reached a running trial after a complete one")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "RUNNING" in [s for _, s in _db_snapshot(db)]
+    assert main(["resume", "t", "--storage", f"sqlite:///{db}", "--quiet"]) == 0
+    trials = _trials(db)
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 4
+    assert not [t for t in trials if t.state is TrialState.RUNNING]
+    failed = [t for t in trials if t.state is TrialState.FAIL]
+    assert len(failed) == 1
+    retried = [t for t in trials if t.user_attrs.get("autoprune.retry_of") == failed[0].number]
+    assert retried and retried[0].params == failed[0].params
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, workdir: Path) -> None:
+    results = {}
+    for executor in ("local", "ray"):
+        db = workdir / f"{executor}.db"
+        args = _search_args(trained_base, db, 4, "--max-concurrent", "1", "--sampler", "tpe", "--seed", "7")
+        args[args.index("local")] = executor
+        args[args.index("--cpus-per-trial") + 1] = "1"
+        assert main(args) == 0
+        results[executor] = [
+            (t.number, t.params, t.user_attrs["policy"]["groups"]) for t in _trials(db) if t.state is TrialState.COMPLETE
+        ]
+    assert len(results["ray"]) == 4
+    assert results["local"] == results["ray"]
