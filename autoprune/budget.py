@@ -266,8 +266,13 @@ def project_to_budget(
     # Unpruned, the analytic count is exact (it is torch-pruning's count of this very model), so
     # no safety margin applies: a target of 1.0 (or one at or above what block removal leaves)
     # prunes no channel.
+    as_written = removed_counts(policy, mm)
     if nothing_removed <= wanted:
         removed = [0] * len(names)
+    elif _already_projected(mm, as_written, caps, raw, target, wanted):
+        # A policy this function produced (e.g. an exported, applied policy being replayed) is
+        # a fixed point: rescaling it could move channels between groups for no gain.
+        removed = as_written
     else:
         if not any(r > 0 for r in raw):
             raise UserError(
@@ -332,6 +337,21 @@ def project_to_budget(
             chosen_from=old.chosen_from if old else None,
         )
     return replace(policy, groups=groups)
+
+
+def _already_projected(
+    mm: MacsModel,
+    removed: list[int],
+    caps: list[int],
+    raw: list[float],
+    target: float,
+    wanted: float,
+) -> bool:
+    """Whether the rates as written already meet what a projection guarantees."""
+    if any(n > cap or (n > 0 and r == 0) for n, cap, r in zip(removed, caps, raw, strict=True)):
+        return False
+    achieved = mm.ratio(removed)
+    return achieved <= target and wanted - achieved <= DEFAULT_TOLERANCE
 
 
 def _refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) -> list[int]:

@@ -1,14 +1,24 @@
-"""Depth pruning: remove whole residual blocks whose input and output shapes match.
+"""Depth pruning: score residual blocks (PLS-VIP) and remove those whose shapes match.
 
 A block with an identity shortcut computes ``relu(F(x) + x)``; replacing it by the identity
 keeps every shape downstream, so the rest of the network (and channel pruning after it) is
 unaffected. Blocks that change shape (stride or width) are never removed.
+
+Block scores follow discriminative layer pruning (Jordao et al. 2020): the globally pooled
+output of every residual block over the calibration set is projected by a PLS regression onto
+the one-hot labels (4 components per block); the latent scores of all blocks are then
+concatenated and one more PLS regression (4 components) is fitted on them, and a block's score
+is the mean VIP (variable importance in projection) of its latent features. Fitting the VIP on
+all blocks together makes scores comparable between blocks: VIP values of one regression
+average to about one, so a per-block regression alone would score every block alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +38,20 @@ def _has_residual(block: nn.Module) -> bool:
     if hasattr(block, "has_identity_shortcut"):
         return bool(block.has_identity_shortcut)
     return bool(getattr(block, "use_residual", False))
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the model's residual blocks, removable or not, in module order."""
+    names = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if (
+            hasattr(module, "has_identity_shortcut")
+            or hasattr(module, "use_residual")
+            or kind in ("BasicBlock", "Bottleneck")
+        ):
+            names.append(name)
+    return names
 
 
 def removable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
@@ -84,3 +108,138 @@ def drop_blocks(model: nn.Module, names: Sequence[str], example_inputs: torch.Te
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, nn.Identity())
     return model
+
+
+PLS_COMPONENTS = 4
+
+
+@dataclass
+class BlockScore:
+    """A row of ``autoprune inspect --blocks``."""
+
+    name: str  # module name of the block
+    score: float  # mean VIP of the block's latent features; low = little class information
+    removable: bool  # identity shortcut with matching shapes
+    macs_share: float  # share of the model's MACs spent in the block
+
+
+def block_scores(
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    components: int = PLS_COMPONENTS,
+) -> list[BlockScore]:
+    """Score every residual block of ``model`` by PLS-VIP on labelled calibration batches.
+
+    Raises:
+        UserError: the model has no residual blocks, or there are too few images to fit.
+    """
+    from sklearn.cross_decomposition import PLSRegression
+
+    from autoprune.budget import count_macs_params
+
+    names = residual_blocks(model)
+    if not names:
+        raise UserError(
+            f"{type(model).__name__} has no residual blocks to score: depth pruning needs a ResNet- "
+            "or MobileNetV2-style model"
+        )
+    pooled, inputs, labels = _pooled_block_outputs(model, names, batches)
+    n = len(labels)
+    if n <= components + 1:
+        raise UserError(
+            f"block scoring needs more than {components + 1} calibration images, got {n}: raise --calibration-images"
+        )
+    onehot = np.eye(num_classes, dtype=np.float64)[labels]
+    latent = []
+    for name in names:
+        x = pooled[name]
+        k = max(1, min(components, x.shape[1], n - 1))
+        latent.append(PLSRegression(n_components=k, scale=True).fit(x, onehot).transform(x))
+    widths = [z.shape[1] for z in latent]
+    features = np.concatenate(latent, axis=1)
+    k = max(1, min(components, features.shape[1], n - 1))
+    vip = vip_scores(PLSRegression(n_components=k, scale=True).fit(features, onehot))
+    example = inputs[:1]
+    total_macs = float(count_macs_params(model, example)[0])
+    removable = set(removable_blocks(model, example))
+    rows = []
+    start = 0
+    for name, width in zip(names, widths, strict=True):
+        block = model.get_submodule(name)
+        block_input = _block_input(model, block, example)
+        macs = float(count_macs_params(block, block_input)[0])
+        rows.append(
+            BlockScore(
+                name=name,
+                score=float(vip[start : start + width].mean()),
+                removable=name in removable,
+                macs_share=macs / total_macs if total_macs else 0.0,
+            )
+        )
+        start += width
+    return rows
+
+
+def vip_scores(pls: object) -> np.ndarray:
+    """VIP of every input feature of a fitted ``PLSRegression`` (mean of squares = 1)."""
+    t = pls.x_scores_  # type: ignore[attr-defined]
+    w = pls.x_weights_  # type: ignore[attr-defined]
+    q = pls.y_loadings_  # type: ignore[attr-defined]
+    explained = (t**2).sum(axis=0) * (q**2).sum(axis=0)  # y variance explained per component
+    w_norm = w / np.linalg.norm(w, axis=0, keepdims=True)
+    p = w.shape[0]
+    total = explained.sum()
+    if total <= 0:
+        return np.zeros(p)
+    return np.sqrt(p * (w_norm**2 @ explained) / total)
+
+
+def _pooled_block_outputs(
+    model: nn.Module,
+    names: list[str],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
+    """Global-average-pooled outputs of the named blocks over all batches (eval mode)."""
+    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def record(module: nn.Module, inp: object, out: torch.Tensor) -> None:
+            pooled = out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float().flatten(1)
+            outputs[name].append(pooled.detach().cpu())
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    labels = []
+    try:
+        with torch.no_grad():
+            for images, targets in batches:
+                model(images.to(device))
+                labels.append(targets.cpu())
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if not labels:
+        raise UserError("block scoring got no calibration images")
+    pooled = {n: torch.cat(v).double().numpy() for n, v in outputs.items()}
+    return pooled, batches[0][0].cpu(), torch.cat(labels).numpy()
+
+
+def _block_input(model: nn.Module, block: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    handle = block.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        handle.remove()
+    return captured[0]

@@ -239,6 +239,18 @@ def apply(
                     f"shape {tuple(s.shape)}, expected ({view.channels},), finite"
                 )
             n = todo[name][step]
+            threshold = _class_threshold(applied, name)
+            if threshold is not None:
+                # Class-importance threshold: only channels important for fewer than
+                # ``min_classes`` classes go; the rate caps how many. What this step leaves
+                # is offered again after the next rescoring (and fine-tune, if any).
+                below = int((s < threshold).sum())
+                if below < n:
+                    if step + 1 < len(todo[name]):
+                        todo[name][step + 1] += n - below
+                    n = below
+                    if n == 0:
+                        continue
             order = torch.argsort(s, stable=True)  # lowest first; ties by channel index
             idxs = sorted(int(i) for i in order[:n])
             if step == 0:
@@ -257,6 +269,13 @@ def apply(
         removed=removed,
         counters=dict(ctx.counters),
     )
+
+
+def _class_threshold(policy: Policy, group: str) -> float | None:
+    """The class-importance threshold that limits removal in ``group``, if any."""
+    if policy.groups[group].criterion != "class_aware":
+        return None
+    return policy.class_aware.min_classes
 
 
 def _resolve_auto(applied: Policy, views: dict[str, GroupView], ctx: Any) -> None:

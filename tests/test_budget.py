@@ -159,6 +159,25 @@ def test_projection_keeps_criteria_and_other_sections() -> None:
         assert projected.groups[name].rate == pytest.approx(n / c, abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_projecting_a_projected_policy_changes_nothing(name: str) -> None:
+    # Replay re-projects an exported (applied) policy; it must keep the exact rates it was measured with.
+    a = arch(name)
+    gen = torch.Generator().manual_seed(3)
+    for target in (0.3, 0.5, 0.75):
+        rates = {
+            g: float(r)
+            for g, r in zip(
+                a.macs_model.group_names,
+                torch.rand(len(a.macs_model.group_names), generator=gen),
+                strict=True,
+            )
+        }
+        once = project_to_budget(policy_for(a, rates, target), a.model, macs_model=a.macs_model)
+        twice = project_to_budget(once, a.model, macs_model=a.macs_model)
+        assert twice.groups == once.groups
+
+
 @pytest.mark.parametrize("cap", [0.3, 0.5])
 def test_rates_stay_within_the_cap(cap: float) -> None:
     a = arch("resnet56")
