@@ -308,9 +308,26 @@ def _imagefolder(name: str, path: Path, seed: int, image_size: int) -> DataSplit
         ]
     )
 
-    def load(folder: Path) -> Any:
+    def load(folder: Path, like: Any | None = None) -> Any:
+        """One folder of class subfolders; with ``like``, labels follow ``like``'s classes.
+
+        Every split must number the classes as the training folder does: a test folder that
+        lacks one class would otherwise shift the labels of all classes after it.
+        """
         try:
-            return datasets.ImageFolder(str(folder))
+            if like is None:
+                return datasets.ImageFolder(str(folder))
+            present = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+            unknown = sorted(set(present) - set(like.classes))
+            if unknown:
+                raise UserError(
+                    f"dataset '{name}': {folder} has class folders that {like.root} lacks "
+                    f"({', '.join(unknown)}); every split must use the training classes"
+                )
+            split = _image_folder_with_classes(folder, like.class_to_idx)
+            if not present or len(split) == 0:
+                raise FileNotFoundError(f"found no images in class folders under {folder}")
+            return split
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserError(
                 f"dataset '{name}': {folder} must hold one subfolder of images per class ({exc})"
@@ -322,17 +339,17 @@ def _imagefolder(name: str, path: Path, seed: int, image_size: int) -> DataSplit
         train_base = load(subdirs["train"])
         labels = np.asarray(train_base.targets)
         if "test" in subdirs:
-            test_base = load(subdirs["test"])
+            test_base = load(subdirs["test"], like=train_base)
             test = TransformSubset(test_base, np.arange(len(test_base)), eval_tf)
         elif "val" in subdirs:
             # ImageNet layout (train/ + val/): the published val set is the test split here,
             # and the search validates on a hold-out of train.
-            test_base = load(subdirs["val"])
+            test_base = load(subdirs["val"], like=train_base)
             test = TransformSubset(test_base, np.arange(len(test_base)), eval_tf)
         else:
             test = None
         if "val" in subdirs and "test" in subdirs:
-            val_base = load(subdirs["val"])
+            val_base = load(subdirs["val"], like=train_base)
             train_idx = np.arange(len(train_base))
             val = TransformSubset(val_base, np.arange(len(val_base)), eval_tf)
         elif test is None:
@@ -364,6 +381,18 @@ def _imagefolder(name: str, path: Path, seed: int, image_size: int) -> DataSplit
         input_shape=(3, image_size, image_size),
         calib=TransformSubset(train_base, train_idx, eval_tf),
     )
+
+
+def _image_folder_with_classes(folder: Path, class_to_idx: dict[str, int]) -> Any:
+    """An ``ImageFolder`` whose labels come from ``class_to_idx``, not from its own subfolders."""
+    from torchvision import datasets
+
+    class FolderWithClasses(datasets.ImageFolder):
+        def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
+            return sorted(class_to_idx, key=class_to_idx.__getitem__), dict(class_to_idx)
+
+    # allow_empty: a split may lack a class (a rare class with no test images)
+    return FolderWithClasses(str(folder), allow_empty=True)
 
 
 # --------------------------------------------------------------------------- batching

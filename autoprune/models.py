@@ -357,11 +357,22 @@ def _create_user(spec: str, kwargs: dict[str, int]) -> nn.Module:
     if factory is None or not callable(factory):
         raise UserError(f"model '{spec}': module '{module_name}' has no callable named '{attr}'")
     try:
-        params = inspect.signature(factory).parameters
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and C extensions may have no signature
+        usable = kwargs
+    else:
+        params = signature.parameters
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         usable = {k: v for k, v in kwargs.items() if accepts_any or k in params}
-    except (TypeError, ValueError):
-        usable = kwargs
+        try:
+            signature.bind(**usable)
+        except TypeError as exc:
+            raise UserError(
+                f"model '{spec}': the factory cannot be called with "
+                f"{' and '.join(usable) or 'no arguments'} alone ({exc}); give it "
+                "defaults for its other arguments or wrap it in a function that takes "
+                "num_classes and in_channels"
+            ) from exc
     model = factory(**usable)
     if not isinstance(model, nn.Module):
         raise UserError(

@@ -62,6 +62,14 @@ class TrainConfig:
             )
 
 
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or infinite, almost always from a too high learning rate.
+
+    A :class:`UserError` so the CLI reports it in one line (exit 2) and a search records the
+    trial as failed with this message; still a ``FloatingPointError`` for callers that catch it.
+    """
+
+
 @dataclass
 class EvalResult:
     accuracy: float  # top-1 in [0, 1]
@@ -189,8 +197,9 @@ def fit(
             if config.regularizer == "orthogonal":
                 loss = loss + config.regularizer_weight * orthogonality_penalty(model)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at step {step}: lower the learning rate"
+                raise TrainingDiverged(
+                    f"training loss became {loss.item()} at step {step} of {total_steps} with "
+                    f"learning rate {config.lr:g}: lower the learning rate"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
