@@ -126,17 +126,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             shape, classes = (args.in_channels, args.input_size, args.input_size), args.num_classes
         spec = models.ModelSpec(args.model, classes, shape)
         model = spec.build().eval()
+    if args.blocks:
+        return _inspect_blocks(args, model, spec)
     inputs = spec.example_inputs()
     macs, params = count_macs_params(model, inputs)
     groups = discover_groups(model, inputs)
-    if args.blocks:
-        return _inspect_blocks(args, model, spec)
     if args.json:
         payload = {
             "model": spec.to_dict(),
             "macs": macs,
             "params": params,
-            "groups": [{"name": g.name, "channels": g.channels, "macs_share": round(g.macs_share, 6), "layers": g.layers} for g in groups],
+            "groups": [
+                {
+                    "name": g.name,
+                    "channels": g.channels,
+                    "macs_share": round(g.macs_share, 6),
+                    "layers": g.layers,
+                }
+                for g in groups
+            ],
         }
         print(json.dumps(payload, indent=2))
         return 0
@@ -159,13 +167,18 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
 
         dataset = load_base(args.base_checkpoint).dataset.get("name")
     if not dataset:
-        raise UserError("--blocks scores blocks on data: give --dataset (and --base-checkpoint for trained weights)")
+        raise UserError(
+            "--blocks scores blocks on data: give --dataset (and --base-checkpoint for trained weights)"
+        )
     splits = data.create(dataset, root=args.data_root)
     calibration = Calibration(splits.calibration, splits.name, num_images=args.calibration_images)
     rows = depth.block_scores(model, calibration.batches(), num_classes=splits.num_classes)  # type: ignore[arg-type]
     _print_table(
         ["block", "VIP score", "removable", "MACs share %"],
-        [(r.name, f"{r.score:.4f}", "yes" if r.removable else "no", f"{100 * r.macs_share:.2f}") for r in rows],
+        [
+            (r.name, f"{r.score:.4f}", "yes" if r.removable else "no", f"{100 * r.macs_share:.2f}")
+            for r in rows
+        ],
         title=f"residual blocks of {getattr(spec, 'name', '')} scored by PLS-VIP on {splits.name}",
     )
     return 0
@@ -208,7 +221,11 @@ def _print_front(study_obj: object, title: str) -> None:
                 len(p.policy.depth.drop_blocks),
             )
         )
-    _print_table(["trial", "val acc", "MACs ratio", "params ratio", "criteria", "blocks dropped"], rows, title=title)
+    _print_table(
+        ["trial", "val acc", "MACs ratio", "params ratio", "criteria", "blocks dropped"],
+        rows,
+        title=title,
+    )
 
 
 @verb("search")
@@ -219,7 +236,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = _search_config(args)
     outcome = search(config, quiet=args.quiet)  # type: ignore[arg-type]
     study_obj = studies.load_study(studies.open_storage(outcome.storage), outcome.study_name)
-    _print_front(study_obj, f"feasible Pareto front of '{outcome.study_name}' ({outcome.complete} complete trials)")
+    _print_front(
+        study_obj,
+        f"feasible Pareto front of '{outcome.study_name}' ({outcome.complete} complete trials)",
+    )
     if outcome.export_dir:
         print(f"exported the front to {outcome.export_dir}/ (policies, front.yaml, front.png)")
     print(f"resume with: autoprune resume {outcome.study_name}")
@@ -235,10 +255,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     storage = studies.open_storage(args.storage)
     config = studies.load_config(storage, args.name)
-    overrides = {k: getattr(args, k) for k in ("trials", "executor", "max_concurrent") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("trials", "executor", "max_concurrent")
+        if getattr(args, k) is not None
+    }
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
     outcome = search(config, quiet=args.quiet)
-    _print_front(studies.load_study(storage, args.name), f"feasible Pareto front of '{args.name}' ({outcome.complete} complete trials)")
+    _print_front(
+        studies.load_study(storage, args.name),
+        f"feasible Pareto front of '{args.name}' ({outcome.complete} complete trials)",
+    )
     return 0
 
 
@@ -251,12 +278,29 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
     storage = studies.open_storage(args.storage)
     rows = []
-    for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
+    for summary in sorted(
+        optuna.get_all_study_summaries(storage, include_best_trial=False),
+        key=lambda s: s.study_name,
+    ):
         st = optuna.load_study(study_name=summary.study_name, storage=storage)
-        counts = {state: len(st.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)}
+        counts = {
+            state: len(st.get_trials(deepcopy=False, states=(state,)))
+            for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+        }
         budget = st.user_attrs.get(studies.CONFIG_ATTR, {}).get("budget_flops", "")
-        rows.append((summary.study_name, budget, counts[TrialState.COMPLETE], counts[TrialState.FAIL], counts[TrialState.RUNNING], len(studies.pareto_front(st))))
-    _print_table(["study", "budget", "complete", "failed", "running", "front"], rows, title="studies")
+        rows.append(
+            (
+                summary.study_name,
+                budget,
+                counts[TrialState.COMPLETE],
+                counts[TrialState.FAIL],
+                counts[TrialState.RUNNING],
+                len(studies.pareto_front(st)),
+            )
+        )
+    _print_table(
+        ["study", "budget", "complete", "failed", "running", "front"], rows, title="studies"
+    )
     return 0
 
 
@@ -297,8 +341,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     elif args.study:
         from autoprune import study as studies
 
-        point = studies.winner(studies.pareto_front(studies.load_study(studies.open_storage(args.storage), args.study)))
-        policy, label = point.policy, f"trial {point.number} of study '{args.study}' (highest val accuracy on the front)"
+        point = studies.winner(
+            studies.pareto_front(studies.load_study(studies.open_storage(args.storage), args.study))
+        )
+        policy, label = (
+            point.policy,
+            f"trial {point.number} of study '{args.study}' (highest val accuracy on the front)",
+        )
     else:
         raise UserError("give a policy file (e.g. policies/STUDY/trial-0003.yaml) or --study NAME")
     _set_threads(args.threads)
@@ -313,7 +362,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     _print_table(
         ["test acc", "val acc", "MACs ratio", "params ratio", "checkpoint"],
-        [(f"{result.test_accuracy:.4f}", f"{result.val_accuracy:.4f}", f"{result.macs_ratio:.4f}", f"{result.params_ratio:.4f}", result.checkpoint)],
+        [
+            (
+                f"{result.test_accuracy:.4f}",
+                f"{result.val_accuracy:.4f}",
+                f"{result.macs_ratio:.4f}",
+                f"{result.params_ratio:.4f}",
+                result.checkpoint,
+            )
+        ],
         title="replayed policy",
     )
     return 0
@@ -354,24 +411,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint path (default: studies/base/MODEL-DATASET.pt)")
     _add_data_args(p)
 
-    p = sub.add_parser("inspect", help="list a model's prunable DepGraph groups (or residual block scores)")
+    p = sub.add_parser(
+        "inspect", help="list a model's prunable DepGraph groups (or residual block scores)"
+    )
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--dataset", help="take input shape and classes from a dataset (needed for --blocks)")
-    p.add_argument("--base-checkpoint", help="inspect a trained base checkpoint instead of a fresh model")
+    p.add_argument(
+        "--dataset", help="take input shape and classes from a dataset (needed for --blocks)"
+    )
+    p.add_argument(
+        "--base-checkpoint", help="inspect a trained base checkpoint instead of a fresh model"
+    )
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--blocks", action="store_true", help="score residual blocks by PLS-VIP (discriminative layer pruning)")
+    p.add_argument(
+        "--blocks",
+        action="store_true",
+        help="score residual blocks by PLS-VIP (discriminative layer pruning)",
+    )
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_data_args(p)
 
     p = sub.add_parser("search", help="search pruning policies under a MACs budget (resumable)")
-    p.add_argument("--budget-flops", type=float, default=0.5, help="max pruned/base MACs ratio, in (0, 1] (default 0.5)")
+    p.add_argument(
+        "--budget-flops",
+        type=float,
+        default=0.5,
+        help="max pruned/base MACs ratio, in (0, 1] (default 0.5)",
+    )
     p.add_argument("--model", help="model of the base checkpoint (default resnet20)")
     p.add_argument("--dataset", help="dataset (default mnist5k)")
-    p.add_argument("--base-checkpoint", help="base checkpoint (default: embedded ResNet-20/MNIST-5k, trained once)")
-    p.add_argument("--space", help="search space name in search_spaces/ or a YAML path (default: default)")
+    p.add_argument(
+        "--base-checkpoint",
+        help="base checkpoint (default: embedded ResNet-20/MNIST-5k, trained once)",
+    )
+    p.add_argument(
+        "--space", help="search space name in search_spaces/ or a YAML path (default: default)"
+    )
     p.add_argument("--trials", type=int, help="the study's total of complete trials (default 12)")
     p.add_argument("--sampler", help="tpe | nsga2 | gp | random (default tpe)")
     p.add_argument("--seed", type=int)
@@ -412,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="replay the winning policy of this study instead of a file")
     p.add_argument("--storage")
     p.add_argument("--base-checkpoint", help="override the policy's base checkpoint path")
-    p.add_argument("--epochs", type=float, help="fine-tune epochs (default: the policy's retrain epochs x 10)")
+    p.add_argument(
+        "--epochs", type=float, help="fine-tune epochs (default: the policy's retrain epochs x 10)"
+    )
     p.add_argument("--out", help="checkpoint path (default: next to the base checkpoint)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)

@@ -41,9 +41,13 @@ class SearchConfig:
                 "e.g. 0.5 for half"
             )
         if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler '{self.sampler}' is unknown; allowed: {', '.join(SAMPLERS)}")
+            raise UserError(
+                f"--sampler '{self.sampler}' is unknown; allowed: {', '.join(SAMPLERS)}"
+            )
         if self.executor not in EXECUTORS:
-            raise UserError(f"--executor '{self.executor}' is unknown; allowed: {', '.join(EXECUTORS)}")
+            raise UserError(
+                f"--executor '{self.executor}' is unknown; allowed: {', '.join(EXECUTORS)}"
+            )
         if self.trials < 1:
             raise UserError(f"--trials {self.trials} must be >= 1")
         if self.max_concurrent < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ def _pooled_block_outputs(
     """Global-average-pooled outputs of the named blocks over all batches (eval mode)."""
     outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
-    def hook(name: str):  # type: ignore[no-untyped-def]
+    def hook(name: str) -> Any:
         def record(module: nn.Module, inp: object, out: torch.Tensor) -> None:
             pooled = out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float().flatten(1)
             outputs[name].append(pooled.detach().cpu())

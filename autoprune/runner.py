@@ -13,6 +13,7 @@ Both call :func:`autoprune.objective.evaluate_policy` and :func:`autoprune.study
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,10 +36,15 @@ def make_sampler(name: str, seed: int, trials: int, concurrent: bool) -> Any:
 
     if name == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, constant_liar=concurrent, n_startup_trials=min(10, max(3, trials // 3))
+            seed=seed,
+            multivariate=True,
+            constant_liar=concurrent,
+            n_startup_trials=min(10, max(3, trials // 3)),
         )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=min(50, max(4, trials // 3))
+        )
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(3, trials // 3)))
     if name == "random":
@@ -88,11 +94,19 @@ def evaluate_safely(objective: ObjectiveConfig, policy_dict: dict[str, Any]) -> 
 class Progress:
     """A live line: finished/total trials, best feasible accuracy, elapsed, ETA."""
 
-    def __init__(self, total: int, done: int, budget: float, concurrency: int, quiet: bool = False) -> None:
+    def __init__(
+        self, total: int, done: int, budget: float, concurrency: int, quiet: bool = False
+    ) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
-        self.total, self.start_done, self.budget, self.concurrency = total, done, budget, concurrency
+        self.total, self.start_done, self.budget, self.concurrency = (
+            total,
+            done,
+            budget,
+            concurrency,
+        )
         self.started = time.perf_counter()
         self.best: float | None = None
         self.failed = 0
@@ -126,9 +140,15 @@ class Progress:
         new = done - self.start_done
         elapsed = time.perf_counter() - self.started
         remaining = self.total - done
-        eta = f"{elapsed / new * remaining:.0f}s" if new > 0 and remaining > 0 else ("0s" if remaining <= 0 else "?")
+        eta = (
+            f"{elapsed / new * remaining:.0f}s"
+            if new > 0 and remaining > 0
+            else ("0s" if remaining <= 0 else "?")
+        )
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        status = f"best feasible val acc {best}" + (f"  failed {self.failed}" if self.failed else "")
+        status = f"best feasible val acc {best}" + (
+            f"  failed {self.failed}" if self.failed else ""
+        )
         self.bar.update(self.task, completed=done, status=status, eta=eta)
 
 
@@ -168,7 +188,9 @@ def resolve_base(config: SearchConfig, log: Log) -> Any:
     )
 
 
-def search(config: SearchConfig, log: Log = print, quiet: bool = False, export: bool = True) -> SearchOutcome:
+def search(
+    config: SearchConfig, log: Log = print, quiet: bool = False, export: bool = True
+) -> SearchOutcome:
     """Run (or continue) a search until the study has ``config.trials`` COMPLETE trials.
 
     Every input is validated before the storage is touched, so a bad command changes nothing.
@@ -202,9 +224,13 @@ def search(config: SearchConfig, log: Log = print, quiet: bool = False, export: 
     )
     done = studies.complete_count(study)
     missing = config.trials - done
-    log(f"study '{name}' in {config.storage or studies.default_storage_url()}: {done} complete, running {max(missing, 0)} more")
+    log(
+        f"study '{name}' in {config.storage or studies.default_storage_url()}: {done} complete, running {max(missing, 0)} more"
+    )
     if missing > 0:
-        with Progress(config.trials, done, config.budget_flops, config.max_concurrent, quiet=quiet) as progress:
+        with Progress(
+            config.trials, done, config.budget_flops, config.max_concurrent, quiet=quiet
+        ) as progress:
             if config.executor == "local":
                 _run_local(study, space, ctx, objective, config, missing, progress)
             else:
@@ -214,7 +240,9 @@ def search(config: SearchConfig, log: Log = print, quiet: bool = False, export: 
     if export:
         export_dir = Path("policies") / name
         studies.export_front(study, export_dir)
-    return SearchOutcome(name, config.storage or studies.default_storage_url(), max(missing, 0), complete, export_dir)
+    return SearchOutcome(
+        name, config.storage or studies.default_storage_url(), max(missing, 0), complete, export_dir
+    )
 
 
 def _space_context(space: SearchSpace, base: Any, config: SearchConfig, log: Log) -> SpaceContext:
@@ -233,7 +261,9 @@ def block_ranking(base: Any, config: SearchConfig) -> dict[str, list[str]]:
     from autoprune.objective import _cached_splits
 
     splits = _cached_splits(config.dataset, config.data_root, False)
-    calibration = Calibration(splits.calibration, splits.name, num_images=config.calibration_images, seed=config.seed)
+    calibration = Calibration(
+        splits.calibration, splits.name, num_images=config.calibration_images, seed=config.seed
+    )
     rows = depth.block_scores(base.build(), calibration.batches(), num_classes=splits.num_classes)
     ranking: dict[str, list[str]] = {}
     for row in sorted((r for r in rows if r.removable), key=lambda r: r.score):
@@ -241,7 +271,15 @@ def block_ranking(base: Any, config: SearchConfig) -> dict[str, list[str]]:
     return ranking
 
 
-def _run_local(study: Any, space: SearchSpace, ctx: SpaceContext, objective: ObjectiveConfig, config: SearchConfig, missing: int, progress: Progress) -> None:
+def _run_local(
+    study: Any,
+    space: SearchSpace,
+    ctx: SpaceContext,
+    objective: ObjectiveConfig,
+    config: SearchConfig,
+    missing: int,
+    progress: Progress,
+) -> None:
     from autoprune import study as studies
 
     if objective.threads:
@@ -268,10 +306,21 @@ def _trainable(config: dict[str, Any], objective: ObjectiveConfig) -> None:
     tune.report(evaluate_safely(objective, config["policy"]))
 
 
-def _run_ray(study: Any, space: SearchSpace, ctx: SpaceContext, objective: ObjectiveConfig, config: SearchConfig, missing: int, progress: Progress, log: Log) -> None:
+def _run_ray(
+    study: Any,
+    space: SearchSpace,
+    ctx: SpaceContext,
+    objective: ObjectiveConfig,
+    config: SearchConfig,
+    missing: int,
+    progress: Progress,
+    log: Log,
+) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, our progress line only
+    os.environ.setdefault(
+        "RAY_AIR_NEW_OUTPUT", "0"
+    )  # with verbose=0: no Tune tables, our progress line only
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(config.max_concurrent))
     import ray
     from ray import tune
@@ -283,24 +332,27 @@ def _run_ray(study: Any, space: SearchSpace, ctx: SpaceContext, objective: Objec
     started_here = not ray.is_initialized()
     if started_here:
         if config.ray_address:
-            ray.init(address=config.ray_address, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(
-                num_cpus=max(os.cpu_count() or 1, int(math.ceil(config.cpus_per_trial))),
+                num_cpus=max(os.cpu_count() or 1, math.ceil(config.cpus_per_trial)),
                 num_gpus=None,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
                 configure_logging=True,
             )
     try:
         searcher = ConcurrencyLimiter(
-            _policy_searcher(study, space, ctx, config, progress), max_concurrent=config.max_concurrent
+            _policy_searcher(study, space, ctx, config, progress),
+            max_concurrent=config.max_concurrent,
         )
         resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trainable, objective=objective), resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=missing, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=missing, reuse_actors=True
+            ),
             run_config=RunConfig(
                 name=study.study_name,
                 storage_path=str((studies_dir() / "ray").resolve()),
@@ -315,13 +367,17 @@ def _run_ray(study: Any, space: SearchSpace, ctx: SpaceContext, objective: Objec
             ray.shutdown()
 
 
-def _policy_searcher(study: Any, space: SearchSpace, ctx: SpaceContext, config: SearchConfig, progress: Progress) -> Any:
+def _policy_searcher(
+    study: Any, space: SearchSpace, ctx: SpaceContext, config: SearchConfig, progress: Progress
+) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     from autoprune import study as studies
 
-    class PolicySearch(OptunaSearch):  # type: ignore[misc]
+    class PolicySearch(OptunaSearch):
         """OptunaSearch that hands workers a policy and records results the autoprune way."""
+
+        _progress: Progress | None = None
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles the searcher for experiment restore; the Optuna DB is our record, so
@@ -341,16 +397,28 @@ def _policy_searcher(study: Any, space: SearchSpace, ctx: SpaceContext, config: 
                 return None
             ot_trial = self._ot_trials[trial_id]
             studies.mark_driver(ot_trial)
-            return {"policy": space.to_policy(ot_trial.params, ctx).to_dict(), "trial_number": ot_trial.number}
+            return {
+                "policy": space.to_policy(ot_trial.params, ctx).to_dict(),
+                "trial_number": ot_trial.number,
+            }
 
-        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             decoded = decode_result(result)
-            reason = "the trial raised an exception in its worker (see the Ray logs under studies/ray)" if error else None
-            state = studies.finish_trial(self._ot_study, self._ot_trials[trial_id], decoded, config.budget_flops, reason)
+            reason = (
+                "the trial raised an exception in its worker (see the Ray logs under studies/ray)"
+                if error
+                else None
+            )
+            assert self._ot_study is not None
+            state = studies.finish_trial(
+                self._ot_study, self._ot_trials[trial_id], decoded, config.budget_flops, reason
+            )
             self._completed_trials.add(trial_id)
-            if getattr(self, "_progress", None) is not None:
+            if self._progress is not None:
                 self._progress.update(studies.complete_count(self._ot_study), decoded, state.name)
 
     searcher = PolicySearch(

@@ -98,12 +98,18 @@ class SearchSpace:
         }  # fmt: skip
         unknown = sorted(set(raw) - allowed)
         if unknown:
-            raise UserError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+            raise UserError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            )
         if raw.get("schema", SCHEMA) != SCHEMA:
-            raise UserError(f"{source}: schema '{raw.get('schema')}' is not supported; expected '{SCHEMA}'")
+            raise UserError(
+                f"{source}: schema '{raw.get('schema')}' is not supported; expected '{SCHEMA}'"
+            )
         space = cls(name=name, source=source)
         space.granularity = _choice(raw, "granularity", GRANULARITIES, space.granularity, source)
-        space.criterion_per = _choice(raw, "criterion_per", CRITERION_PER, space.criterion_per, source)
+        space.criterion_per = _choice(
+            raw, "criterion_per", CRITERION_PER, space.criterion_per, source
+        )
         if "rate" in raw:
             space.rate = _range(raw["rate"], "rate", source, 0.0, 0.99)
         if "max_rate" in raw:
@@ -112,44 +118,67 @@ class SearchSpace:
             names = raw["criteria"]
             known = [*criteria.available()]
             if not isinstance(names, list) or not names:
-                raise UserError(f"{source}: field 'criteria' must be a non-empty list; allowed: {', '.join(known)}")
+                raise UserError(
+                    f"{source}: field 'criteria' must be a non-empty list; allowed: {', '.join(known)}"
+                )
             bad = [str(n) for n in names if n not in known]
             if bad:
-                raise UserError(f"{source}: field 'criteria' has unknown {', '.join(bad)}; allowed: {', '.join(known)}")
+                raise UserError(
+                    f"{source}: field 'criteria' has unknown {', '.join(bad)}; allowed: {', '.join(known)}"
+                )
             space.criteria = [str(n) for n in names]
         if "target_macs_ratio" in raw:
             t = raw["target_macs_ratio"]
             if not isinstance(t, dict) or set(t) - {"low"}:
-                raise UserError(f"{source}: field 'target_macs_ratio' must be {{low: X}} (the high end is --budget-flops)")
-            space.target_low = _float(t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0)
+                raise UserError(
+                    f"{source}: field 'target_macs_ratio' must be {{low: X}} (the high end is --budget-flops)"
+                )
+            space.target_low = _float(
+                t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0
+            )
         if "retrain" in raw:
             r = raw["retrain"]
             if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer"}:
-                raise UserError(f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}) and regularizer (list)")
+                raise UserError(
+                    f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}) and regularizer (list)"
+                )
             if "epochs" in r:
-                space.retrain_epochs = [_float(e, "retrain.epochs", source, 0.0, 1000.0) for e in _list(r["epochs"], "retrain.epochs", source)]
+                space.retrain_epochs = [
+                    _float(e, "retrain.epochs", source, 0.0, 1000.0)
+                    for e in _list(r["epochs"], "retrain.epochs", source)
+                ]
             if "lr" in r:
                 space.retrain_lr = _range(r["lr"], "retrain.lr", source, 1e-6, 10.0)
             if "regularizer" in r:
                 regs = [str(v) for v in _list(r["regularizer"], "retrain.regularizer", source)]
                 bad = [v for v in regs if v not in ("none", "orthogonal")]
                 if bad:
-                    raise UserError(f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; allowed: none, orthogonal")
+                    raise UserError(
+                        f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; allowed: none, orthogonal"
+                    )
                 space.regularizers = regs
         if "iterative_steps" in raw:
             steps = _list(raw["iterative_steps"], "iterative_steps", source)
-            if not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 10 for s in steps):
+            if not all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 10 for s in steps
+            ):
                 raise UserError(f"{source}: field 'iterative_steps' must list integers in [1, 10]")
             space.iterative_steps = [int(s) for s in steps]
         if raw.get("class_threshold") is not None:
-            space.class_threshold = _range(raw["class_threshold"], "class_threshold", source, 0.0, 1e6)
+            space.class_threshold = _range(
+                raw["class_threshold"], "class_threshold", source, 0.0, 1e6
+            )
         if "depth" in raw and raw["depth"] is not None:
             d = raw["depth"]
             if not isinstance(d, dict) or set(d) - {"max_blocks_per_stage"}:
-                raise UserError(f"{source}: field 'depth' takes only max_blocks_per_stage (an integer >= 0)")
+                raise UserError(
+                    f"{source}: field 'depth' takes only max_blocks_per_stage (an integer >= 0)"
+                )
             m = d.get("max_blocks_per_stage", 0)
             if not isinstance(m, int) or isinstance(m, bool) or m < 0:
-                raise UserError(f"{source}: field 'depth.max_blocks_per_stage' must be an integer >= 0")
+                raise UserError(
+                    f"{source}: field 'depth.max_blocks_per_stage' must be an integer >= 0"
+                )
             space.max_blocks_per_stage = m
         return space
 
@@ -174,12 +203,19 @@ class SearchSpace:
             for group in ctx.group_names:
                 chosen.add(trial.suggest_categorical(f"criterion:{group}", self.criteria))
         trial.suggest_categorical("retrain_epochs", self.retrain_epochs)
-        trial.suggest_float("retrain_lr", self.retrain_lr.low, self.retrain_lr.high, log=self.retrain_lr.log)
+        trial.suggest_float(
+            "retrain_lr", self.retrain_lr.low, self.retrain_lr.high, log=self.retrain_lr.log
+        )
         trial.suggest_categorical("regularizer", self.regularizers)
         trial.suggest_categorical("iterative_steps", self.iterative_steps)
         if self.class_threshold is not None and "class_aware" in chosen:
             high = min(self.class_threshold.high, float(ctx.spec.num_classes))
-            trial.suggest_float("min_classes", min(self.class_threshold.low, high), high, log=self.class_threshold.log)
+            trial.suggest_float(
+                "min_classes",
+                min(self.class_threshold.low, high),
+                high,
+                log=self.class_threshold.log,
+            )
         if self.max_blocks_per_stage > 0:
             for stage, blocks in ctx.block_ranking.items():
                 trial.suggest_int(f"drop:{stage}", 0, min(self.max_blocks_per_stage, len(blocks)))
@@ -197,7 +233,9 @@ class SearchSpace:
                 continue  # the group's layers are gone with their block
             unit = ctx.unit_of(group, self.granularity)
             criterion = params.get(f"criterion:{group}", params.get("criterion", self.criteria[0]))
-            groups[group] = GroupPolicy(rate=float(params[f"rate:{unit}"]), criterion=str(criterion))
+            groups[group] = GroupPolicy(
+                rate=float(params[f"rate:{unit}"]), criterion=str(criterion)
+            )
         min_classes = params.get("min_classes")
         return Policy(
             model=ctx.spec,
@@ -205,7 +243,9 @@ class SearchSpace:
             target_macs_ratio=float(params["target_macs_ratio"]),
             base=ctx.base,
             depth=Depth(drop_blocks=dropped),
-            class_aware=ClassAware(min_classes=float(min_classes) if min_classes is not None else None),
+            class_aware=ClassAware(
+                min_classes=float(min_classes) if min_classes is not None else None
+            ),
             schedule=Schedule(iterative_steps=int(params.get("iterative_steps", 1))),
             retrain=Retrain(
                 epochs=float(params.get("retrain_epochs", 1.0)),
@@ -224,7 +264,9 @@ class SpaceContext:
     budget: float
     group_names: list[str]
     group_stage: dict[str, str]  # group -> stage key (output resolution of its root layer)
-    block_ranking: dict[str, list[str]] = field(default_factory=dict)  # stage -> blocks, lowest score first
+    block_ranking: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # stage -> blocks, lowest score first
     base: Any = None  # BaseRef of the policies
     seed: int = 0
 
@@ -243,7 +285,9 @@ class SpaceContext:
         return "global"
 
 
-def build_context(base: Any, budget: float, seed: int, block_ranking: dict[str, list[str]] | None = None) -> SpaceContext:
+def build_context(
+    base: Any, budget: float, seed: int, block_ranking: dict[str, list[str]] | None = None
+) -> SpaceContext:
     """Trace the base model once: its groups, their stages (output resolution of the root layer)."""
     import torch
 
@@ -256,7 +300,9 @@ def build_context(base: Any, budget: float, seed: int, block_ranking: dict[str, 
     sizes: dict[str, str] = {}
     hooks = [
         model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, out, n=n: sizes.__setitem__(n, "x".join(str(s) for s in out.shape[2:]) or "flat")
+            lambda _m, _i, out, n=n: sizes.__setitem__(
+                n, "x".join(str(s) for s in out.shape[2:]) or "flat"
+            )
         )
         for n in names
     ]
@@ -278,20 +324,35 @@ def build_context(base: Any, budget: float, seed: int, block_ranking: dict[str, 
 def _choice(raw: dict, key: str, allowed: tuple[str, ...], default: str, source: str) -> str:
     value = raw.get(key, default)
     if value not in allowed:
-        raise UserError(f"{source}: field '{key}' = {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise UserError(
+            f"{source}: field '{key}' = {value!r} is not allowed; allowed: {', '.join(allowed)}"
+        )
     return str(value)
 
 
 def _float(value: Any, key: str, source: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not low <= float(value) <= high
+    ):
         raise UserError(f"{source}: field '{key}' = {value!r} must be a number in [{low}, {high}]")
     return float(value)
 
 
 def _range(raw: Any, key: str, source: str, low: float, high: float) -> Range:
-    if not isinstance(raw, dict) or set(raw) - {"low", "high", "log"} or "low" not in raw or "high" not in raw:
+    if (
+        not isinstance(raw, dict)
+        or set(raw) - {"low", "high", "log"}
+        or "low" not in raw
+        or "high" not in raw
+    ):
         raise UserError(f"{source}: field '{key}' must be {{low: X, high: Y, log: false}}")
-    r = Range(_float(raw["low"], f"{key}.low", source, low, high), _float(raw["high"], f"{key}.high", source, low, high), bool(raw.get("log", False)))
+    r = Range(
+        _float(raw["low"], f"{key}.low", source, low, high),
+        _float(raw["high"], f"{key}.high", source, low, high),
+        bool(raw.get("log", False)),
+    )
     if r.low > r.high:
         raise UserError(f"{source}: field '{key}' has low {r.low} > high {r.high}")
     if r.log and r.low <= 0:

@@ -10,13 +10,13 @@ the study (user attr ``autoprune.config``) so ``autoprune resume NAME`` needs on
 from __future__ import annotations
 
 import json
-import warnings
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,7 +26,7 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.policy import Policy
 
-DIRECTIONS = ["maximize", "minimize"]
+DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
 METRIC_NAMES = ["val_accuracy", "macs_ratio"]
 CONFIG_ATTR = "autoprune.config"
 DRIVER_ATTR = "autoprune.driver"
@@ -51,7 +51,9 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         if url == default_storage_url():
             db_path.parent.mkdir(parents=True, exist_ok=True)
         elif str(db_path) not in ("", ":memory:") and not db_path.parent.is_dir():
-            raise UserError(f"--storage {url}: folder {db_path.parent} does not exist; create it or fix the path")
+            raise UserError(
+                f"--storage {url}: folder {db_path.parent} does not exist; create it or fix the path"
+            )
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except ImportError as exc:
@@ -59,7 +61,9 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             f"--storage {url}: the database driver is not installed ({exc}); for PostgreSQL install autoprune[postgres]"
         ) from exc
     except Exception as exc:
-        raise UserError(f"--storage {url} cannot be opened: {type(exc).__name__}: {exc}".split("\n")[0]) from exc
+        raise UserError(
+            f"--storage {url} cannot be opened: {type(exc).__name__}: {exc}".split("\n")[0]
+        ) from exc
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -73,12 +77,18 @@ def study_name_for(config: SearchConfig) -> str:
     if config.study:
         return config.study
     space = Path(config.space).stem
-    return f"{config.model}-{config.dataset}-{space}-b{config.budget_flops:g}".replace("/", "_").replace(":", "_")
+    return f"{config.model}-{config.dataset}-{space}-b{config.budget_flops:g}".replace(
+        "/", "_"
+    ).replace(":", "_")
 
 
-def create_or_load(storage: optuna.storages.BaseStorage, name: str, config: SearchConfig, sampler: Any) -> optuna.Study:
+def create_or_load(
+    storage: optuna.storages.BaseStorage, name: str, config: SearchConfig, sampler: Any
+) -> optuna.Study:
     """Open the study ``name`` or create it; check a stored study matches this search."""
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         directions = [d.name.lower() for d in study.directions]
@@ -91,7 +101,9 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, config: Sear
         if stored is not None:
             _check_same_search(name, SearchConfig.from_dict(stored), config)
         return study
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS)
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(METRIC_NAMES)
@@ -118,14 +130,20 @@ def load_config(storage: optuna.storages.BaseStorage, name: str) -> SearchConfig
     study = load_study(storage, name)
     raw = study.user_attrs.get(CONFIG_ATTR)
     if raw is None:
-        raise UserError(f"study '{name}' has no stored autoprune config: it was not created by `autoprune search`")
+        raise UserError(
+            f"study '{name}' has no stored autoprune config: it was not created by `autoprune search`"
+        )
     return SearchConfig.from_dict(raw)
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    names = sorted(
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    )
     if name not in names:
-        raise UserError(f"no study named '{name}' in this storage; existing: {', '.join(names) or 'none'} (see `autoprune studies`)")
+        raise UserError(
+            f"no study named '{name}' in this storage; existing: {', '.join(names) or 'none'} (see `autoprune studies`)"
+        )
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -168,17 +186,23 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         alive = _driver_alive(trial.user_attrs.get(DRIVER_ATTR))
         if alive is None:
-            log(f"trial {trial.number} is RUNNING under {trial.user_attrs.get(DRIVER_ATTR)} (another host): left alone")
+            log(
+                f"trial {trial.number} is RUNNING under {trial.user_attrs.get(DRIVER_ATTR)} (another host): left alone"
+            )
             continue
         if alive:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "error", "driver died while the trial ran; re-enqueued")
+        study._storage.set_trial_user_attr(
+            trial._trial_id, "error", "driver died while the trial ran; re-enqueued"
+        )
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"autoprune.retry_of": trial.number})
         recovered += 1
     if recovered:
-        log(f"recovered {recovered} trial(s) left RUNNING by a crashed search: marked FAIL and re-enqueued")
+        log(
+            f"recovered {recovered} trial(s) left RUNNING by a crashed search: marked FAIL and re-enqueued"
+        )
     return recovered
 
 
@@ -186,7 +210,13 @@ def complete_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def finish_trial(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any] | None, budget: float, error: str | None = None) -> TrialState:
+def finish_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    result: dict[str, Any] | None,
+    budget: float,
+    error: str | None = None,
+) -> TrialState:
     """Record one trial's outcome: constraint + user attrs + tell. Never leaves it RUNNING.
 
     Missing or non-finite metrics and errors become FAIL with the reason in user attr ``error``.
@@ -255,7 +285,9 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
 def winner(front: list[FrontPoint]) -> FrontPoint:
     """The front point with the highest val accuracy (ties: lower MACs)."""
     if not front:
-        raise UserError("the study has no feasible completed trial yet: run more trials or raise --budget-flops")
+        raise UserError(
+            "the study has no feasible completed trial yet: run more trials or raise --budget-flops"
+        )
     return max(front, key=lambda p: (p.val_accuracy, -p.macs_ratio))
 
 
@@ -297,11 +329,21 @@ def plot_front(study: optuna.Study, path: Path) -> None:
     config = study.user_attrs.get(CONFIG_ATTR, {})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     others = [t for t in trials if t.number not in front]
-    ax.scatter([t.values[1] for t in others], [t.values[0] for t in others], s=18, c="0.6", label="trials")
+    ax.scatter(
+        [t.values[1] for t in others], [t.values[0] for t in others], s=18, c="0.6", label="trials"
+    )
     pts = sorted((t for t in trials if t.number in front), key=lambda t: t.values[1])
-    ax.plot([t.values[1] for t in pts], [t.values[0] for t in pts], "o-", c="C3", label="feasible Pareto front")
+    ax.plot(
+        [t.values[1] for t in pts],
+        [t.values[0] for t in pts],
+        "o-",
+        c="C3",
+        label="feasible Pareto front",
+    )
     if "budget_flops" in config:
-        ax.axvline(config["budget_flops"], ls="--", c="C0", label=f"budget {config['budget_flops']:g}")
+        ax.axvline(
+            config["budget_flops"], ls="--", c="C0", label=f"budget {config['budget_flops']:g}"
+        )
     ax.set_xlabel("MACs ratio (pruned / base)")
     ax.set_ylabel("val accuracy")
     ax.set_title(study.study_name, fontsize=9)

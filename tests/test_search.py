@@ -42,7 +42,9 @@ def _trials(db: Path, name: str = "t") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
 
 
-def test_search_resume_export_and_replay(trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_resume_export_and_replay(
+    trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = workdir / "s.db"
     assert main(_search_args(trained_base, db, 3)) == 0
     trials = _trials(db)
@@ -80,7 +82,22 @@ def test_search_resume_export_and_replay(trained_base: Path, workdir: Path, caps
     assert 0.0 <= ckpt.metrics["test_accuracy"] <= 1.0
 
     # --study replays the winner (highest val accuracy on the front).
-    assert main(["replay", "--study", "t", "--storage", f"sqlite:///{db}", "--epochs", "0", "--out", str(workdir / "w.pt")]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--study",
+                "t",
+                "--storage",
+                f"sqlite:///{db}",
+                "--epochs",
+                "0",
+                "--out",
+                str(workdir / "w.pt"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: Path) -> None:
@@ -88,7 +105,16 @@ def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: 
     assert main(_search_args(trained_base, db, 1)) == 0
     optuna_cli = Path(sys.executable).with_name("optuna")
     out = subprocess.run(
-        [str(optuna_cli), "trials", "--study-name", "t", "--storage", f"sqlite:///{db}", "-f", "json"],
+        [
+            str(optuna_cli),
+            "trials",
+            "--study-name",
+            "t",
+            "--storage",
+            f"sqlite:///{db}",
+            "-f",
+            "json",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -96,7 +122,9 @@ def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: 
     assert "COMPLETE" in out and "policy" in out
 
 
-def test_eight_energy_trials_compute_calibration_scores_once(trained_base: Path, workdir: Path) -> None:
+def test_eight_energy_trials_compute_calibration_scores_once(
+    trained_base: Path, workdir: Path
+) -> None:
     from autoprune import criteria
 
     if "energy" not in criteria.available():
@@ -123,6 +151,21 @@ def _db_snapshot(db: Path) -> list[tuple]:
         return con.execute("select trial_id, state from trials order by trial_id").fetchall()
 
 
+def _evaluating(db: Path) -> bool:
+    """A trial has completed and a later one is RUNNING with all its params sampled."""
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as con:
+        if not con.execute("select name from sqlite_master where name = 'trial_params'").fetchall():
+            return False  # the study is still being created
+        rows = con.execute(
+            "select t.state, count(p.param_id) from trials t left join trial_params p"
+            " on p.trial_id = t.trial_id group by t.trial_id order by t.trial_id"
+        ).fetchall()
+    complete = [n for state, n in rows if state == "COMPLETE"]
+    return bool(complete) and any(state == "RUNNING" and n == complete[0] for state, n in rows)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -133,7 +176,9 @@ def _db_snapshot(db: Path) -> list[tuple]:
         (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/postgres"], "cannot be opened"),
     ],
 )
-def test_bad_search_input_exits_2_and_leaves_the_db_alone(trained_base: Path, workdir: Path, args: list[str], needle: str) -> None:
+def test_bad_search_input_exits_2_and_leaves_the_db_alone(
+    trained_base: Path, workdir: Path, args: list[str], needle: str
+) -> None:
     db = workdir / "s.db"
     assert main(_search_args(trained_base, db, 1)) == 0
     before = _db_snapshot(db)
@@ -147,7 +192,13 @@ def test_bad_search_input_exits_2_and_leaves_the_db_alone(trained_base: Path, wo
         else:
             full += [flag, value]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "autoprune", *full], capture_output=True, text=True, cwd=workdir, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune", *full],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert _db_snapshot(db) == before
@@ -160,12 +211,16 @@ def test_sigkill_mid_trial_then_resume_finishes_cleanly(trained_base: Path, work
     space.write_text("schema: autoprune.space/1\ncriteria: [l1]\nretrain: {epochs: [0.6]}\n")
     args = _search_args(trained_base, db, 4)
     args[args.index(FAST_SPACE)] = str(space)
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune", *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoprune", *args],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            states = [s for _, s in _db_snapshot(db)] if db.exists() else []
-            if states.count("COMPLETE") >= 1 and "RUNNING" in states:
+            if _evaluating(db):
                 break
             time.sleep(0.2)
         else:
@@ -192,12 +247,18 @@ def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, work
     results = {}
     for executor in ("local", "ray"):
         db = workdir / f"{executor}.db"
-        args = _search_args(trained_base, db, 4, "--max-concurrent", "1", "--sampler", "tpe", "--seed", "7")
+        args = _search_args(
+            trained_base, db, 4, "--max-concurrent", "1", "--sampler", "tpe", "--seed", "7"
+        )
         args[args.index("local")] = executor
         args[args.index("--cpus-per-trial") + 1] = "1"
         assert main(args) == 0
         results[executor] = [
-            (t.number, t.params, t.user_attrs["policy"]["groups"]) for t in _trials(db) if t.state is TrialState.COMPLETE
+            (t.number, t.params, t.user_attrs["policy"]["groups"])
+            for t in _trials(db)
+            if t.state is TrialState.COMPLETE
         ]
     assert len(results["ray"]) == 4
-    assert results["local"] == results["ray"]
+    for local, ray in zip(results["local"], results["ray"], strict=True):
+        assert local == ray, f"trial {local[0]} differs"
+

@@ -92,7 +92,7 @@ def test_dropped_blocks_remove_their_groups() -> None:
     ],
 )
 def test_bad_space_fields_name_the_field_and_the_fix(raw: dict, needle: str) -> None:
-    with pytest.raises(UserError, match="my.yaml") as info:
+    with pytest.raises(UserError, match=r"my\.yaml") as info:
         SearchSpace.from_dict(raw, source="my.yaml")
     assert needle in str(info.value)
 
@@ -108,5 +108,5 @@ def test_bad_space_file_and_unknown_name(tmp_path: Path) -> None:
 
 def test_target_low_above_budget_is_rejected() -> None:
     space = SearchSpace.from_dict({"target_macs_ratio": {"low": 0.6}}, source="s.yaml")
-    with pytest.raises(UserError, match="above --budget-flops 0.5"):
+    with pytest.raises(UserError, match=r"above --budget-flops 0\.5"):
         space.check_budget(0.5)
