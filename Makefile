@@ -29,8 +29,8 @@ demo: setup
 	$(BIN)/autoprune search --budget-flops 0.5
 
 lint: setup
-	$(BIN)/ruff check autoprune tests
-	$(BIN)/ruff format --check autoprune tests
+	$(BIN)/ruff check autoprune tests benchmarks
+	$(BIN)/ruff format --check autoprune tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy

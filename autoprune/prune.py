@@ -210,6 +210,13 @@ def apply(
     applied = replace(policy, groups={k: replace(v) for k, v in policy.groups.items()})
     ctx = criteria.ScoringContext.create(model, graph, policy, scoring)
     removed: dict[str, list[int]] = {}
+    # Loss-aware selection picks each group's criterion once, on the base model, even for a
+    # group whose first step removes nothing.
+    _resolve_auto(
+        applied,
+        {n: view_of(n, groups[n], graph) for n, plan in todo.items() if sum(plan) > 0},
+        ctx,
+    )
     for step in range(policy.schedule.iterative_steps):
         ctx.step = step
         if step > 0:
@@ -221,8 +228,6 @@ def apply(
         }
         if not views:
             continue
-        if step == 0:
-            _resolve_auto(applied, views, ctx)
         by_criterion: dict[str, list[GroupView]] = {}
         for name, view in views.items():
             by_criterion.setdefault(applied.groups[name].criterion, []).append(view)

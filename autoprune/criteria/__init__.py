@@ -21,7 +21,8 @@ A *selection rule* (``auto``, loss-aware selection) is a criterion that implemen
 
 Data-driven criteria observe a channel through its *post-activation feature map*, located by
 :class:`ChannelTaps` (the output of the nonlinearity that follows each of the group's output
-layers, else its normalisation layer, else the layer itself).
+layers, else its normalisation layer, else the layer itself); ``class_aware`` reads the
+convolution output itself, as its paper does.
 """
 
 from __future__ import annotations
@@ -116,7 +117,14 @@ def _load_builtins() -> None:
         importlib.import_module(f"autoprune.criteria.{module}")
 
 
-_BUILTIN_MODULES = ["magnitude", "similarity", "energy", "class_aware", "relevance"]
+_BUILTIN_MODULES = [
+    "magnitude",
+    "similarity",
+    "energy",
+    "class_aware",
+    "relevance",
+    "loss_aware",
+]
 
 
 # --------------------------------------------------------------------------- calibration
@@ -239,7 +247,9 @@ class ScoringContext:
         self.counters["calibration_passes"] = self.counters.get("calibration_passes", 0) + 1
         return self.inputs.calibration.batches()
 
-    def class_balanced_batches(self, samples_per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def class_balanced_batches(
+        self, samples_per_class: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``samples_per_class`` calibration images of each class, one class per batch (a pass)."""
         if self.inputs.calibration is None:
             self.calibration_batches()  # raises the explanatory error
@@ -253,6 +263,11 @@ class ScoringContext:
     def scores(self, criterion_name: str, views: list[Any]) -> dict[str, torch.Tensor]:
         """Scores of ``views`` under a criterion, read from the cache for the base model."""
         crit = get(criterion_name)
+        if crit.is_selection_rule:
+            raise RuntimeError(
+                f"criterion '{criterion_name}' is a selection rule, not a score: resolve it per "
+                f"group with select_auto() before scoring (groups {[v.name for v in views]})"
+            )
         cache = self.inputs.cache
         use_cache = (
             cache is not None
@@ -376,9 +391,23 @@ class ChannelTaps:
     layer or another activation, to the layers that produced it. This needs no knowledge of the
     model's code, handles functional residual adds, in-place ReLUs and modules called more than
     once (each call is its own tap, identified by its position in the pass).
+
+    ``point="layer"`` observes the layers' own outputs instead (the convolution output before
+    normalisation), for criteria defined there (class-aware pruning).
     """
 
-    def __init__(self, model: nn.Module, views: list[Any], probe: torch.Tensor) -> None:
+    POINTS: ClassVar[tuple[str, ...]] = ("activation", "layer")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        views: list[Any],
+        probe: torch.Tensor,
+        *,
+        point: str = "activation",
+    ) -> None:
+        if point not in self.POINTS:
+            raise ValueError(f"ChannelTaps point '{point}' is unknown; allowed: {self.POINTS}")
         self.taps: list[Tap] = []
         self.slots: dict[str, list[TapSlot]] = {}
         self.channels: dict[str, int] = {v.name: v.channels for v in views}
@@ -402,7 +431,11 @@ class ChannelTaps:
         for view in views:
             slots: dict[int, TapSlot] = {}
             for member in view.out_layers(_LAYERS):
-                kind = next((k for k in found if found[k].get(member.module)), "layer")
+                kind = (
+                    "layer"
+                    if point == "layer"
+                    else next((k for k in found if found[k].get(member.module)), "layer")
+                )
                 for module, call, channels in found[kind].get(member.module, []):
                     key = (module, call)
                     if key not in self._index:
@@ -457,9 +490,7 @@ class ChannelTaps:
         return records
 
     @contextlib.contextmanager
-    def observe(
-        self, on_tap: Callable[[int, torch.Tensor], torch.Tensor | None]
-    ) -> Iterator[None]:
+    def observe(self, on_tap: Callable[[int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
         """Call ``on_tap(tap index, output)`` for every tap during forward passes inside the block.
 
         What ``on_tap`` returns (if not None) replaces the module's output, e.g. a clone so that

@@ -1,11 +1,18 @@
 """Class-aware pruning: for how many classes does a filter matter? (Jiang et al., DATE 2024)
 
 For every class ``c`` a few training images of that class are passed forward and the
-cross-entropy is back-propagated. At every position of a channel's post-activation feature map
-``|activation x gradient|`` is binarised (``> 0``: the position contributed to the loss of that
-image) and averaged over the class's images, giving the share of the class's images for which
-the position mattered. These shares are summed over classes and the maximum over positions is
-the channel's score: a soft count in ``[0, num_classes]`` of the classes the filter matters for.
+cross-entropy is back-propagated. At every position of a channel's convolution output (before
+normalisation and activation, where the paper's reference code reads it) ``|activation x
+gradient|`` is binarised (``> 0``: the position contributed to the loss of that image) and
+averaged over the class's images, giving the share of the class's images for which the position
+mattered. These shares are summed over classes and the maximum over positions is the channel's
+score: a soft count in ``[0, num_classes]`` of the classes the filter matters for. A coupled
+group (a residual stream written by several convolutions) averages the counts of its
+convolutions, so its score stays in the same range.
+
+Reading the convolution output rather than the post-activation map matters for a filter that
+is zero (or pruned to zero): its output is zero, so it counts for no class, whereas after
+BatchNorm its map would be the constant ``relu(beta)``, which still carries gradient.
 
 With ``class_aware.min_classes`` set in a policy, channels whose count is below it are the ones
 removed (at most the group's projected rate, see :func:`autoprune.prune.apply`), and
@@ -35,7 +42,7 @@ class ClassAwareCount(Criterion):
     description = "number of classes each filter matters for (class-aware, Jiang et al. 2024)"
 
     def cache_tag(self, ctx: ScoringContext) -> str:
-        return f"/per-class{self._samples_per_class(ctx)}"
+        return f"/per-class{self._samples_per_class(ctx)}/conv-out"
 
     @staticmethod
     def _samples_per_class(ctx: ScoringContext) -> int:
@@ -60,13 +67,13 @@ class ClassAwareCount(Criterion):
             state["images"] = 0
 
         with scoring_mode(ctx.model, ctx.device) as model:
-            taps = ChannelTaps(model, groups, batches[0][0][:2].to(ctx.device))
+            taps = ChannelTaps(model, groups, batches[0][0][:2].to(ctx.device), point="layer")
             kept: dict[int, torch.Tensor] = {}
 
             def on_tap(tap: int, output: torch.Tensor) -> torch.Tensor:
                 kept[tap] = output
-                # Downstream code gets a copy: in-place ops of the model (``out += identity``)
-                # then cannot touch the tensor whose gradient is read below.
+                # Downstream code gets a copy: in-place ops of the model (an in-place BN or
+                # ``out += identity``) then cannot touch the tensor whose gradient is read below.
                 return output.clone()
 
             with torch.enable_grad(), taps.observe(on_tap):
@@ -79,9 +86,7 @@ class ClassAwareCount(Criterion):
                     logits = model(images.to(ctx.device))
                     loss = F.cross_entropy(logits, labels.to(ctx.device), reduction="sum")
                     order = list(kept)
-                    grads = torch.autograd.grad(
-                        loss, [kept[t] for t in order], allow_unused=True
-                    )
+                    grads = torch.autograd.grad(loss, [kept[t] for t in order], allow_unused=True)
                     for tap, grad in zip(order, grads, strict=True):
                         act = kept[tap].detach()
                         fired = (

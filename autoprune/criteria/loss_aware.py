@@ -64,10 +64,14 @@ class LossAwareSelection(Criterion):
         chosen: dict[str, str] = {}
         with scoring_mode(ctx.model, ctx.device) as model:
             for view in groups:
+                # The proposals are compared at the size of the group's first pruning step
+                # (LAASP prunes a step, then measures); a group whose first step removes
+                # nothing is compared at its first step that does.
                 rate = ctx.policy.groups[view.name].rate
-                n = removal_schedule(
+                steps = removal_schedule(
                     channels_to_remove(rate, view.channels), ctx.policy.schedule.iterative_steps
-                )[0]
+                )
+                n = next((k for k in steps if k > 0), 0)
                 losses: dict[tuple[int, ...], float] = {}
                 best, best_loss = pool[0], float("inf")
                 for name in pool:

@@ -1,4 +1,4 @@
-"""Magnitude criteria: filter norms, BN scales, first-order Taylor, and a seeded random baseline.
+"""Magnitude criteria: filter norms, LAMP, BN scales, first-order Taylor, a seeded random baseline.
 
 For a coupled group (e.g. a residual stream written by several convolutions) the score of a
 channel is summed over every conv/linear layer whose output channel is removed with it, so a
@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.criteria import Criterion, ScoringContext, register, scatter_to_root, weight_matrix
+from autoprune.criteria import (
+    Criterion,
+    ScoringContext,
+    register,
+    scatter_to_root,
+    scoring_mode,
+    weight_matrix,
+)
 
 
 def _sum_over_out_layers(group: Any, per_layer: Any) -> torch.Tensor:
@@ -49,6 +56,34 @@ class L2Norm(Criterion):
         return _sum_over_out_layers(group, lambda m: weight_matrix(m).norm(dim=1))
 
 
+@register("lamp")
+class LayerAdaptiveMagnitude(Criterion):
+    """LAMP (Lee et al. 2021): a filter's squared norm over the squared norms of all filters at
+    least as large as it in its group.
+
+    Within a group the order is that of ``l2``; the scores are rescaled into ``(0, 1]`` (the
+    largest filter scores 1) so that groups of different size and scale compare.
+    """
+
+    needs = frozenset({"weights"})
+    description = "layer-adaptive magnitude (LAMP): squared norm over the larger filters' total"
+
+    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+        squared = _sum_over_out_layers(
+            group, lambda m: weight_matrix(m).double().pow(2).sum(1)
+        ).double()
+        return lamp_normalise(squared).float()
+
+
+def lamp_normalise(squared: torch.Tensor) -> torch.Tensor:
+    """``s_i / sum(s_j for s_j >= s_i)``; ties are ordered by index, all-zero tails score 0."""
+    ordered, order = torch.sort(squared, stable=True)
+    tail = ordered.flip(0).cumsum(0).flip(0)  # tail[k] = sum of ordered[k:]
+    out = torch.zeros_like(squared)
+    out[order] = torch.where(tail > 0, ordered / tail.clamp(min=1e-300), torch.zeros_like(tail))
+    return out
+
+
 @register("bn_scale")
 class BatchNormScale(Criterion):
     """|gamma| of the BatchNorm layers that follow the group's convolutions (network slimming)."""
@@ -80,17 +115,8 @@ class Taylor(Criterion):
     description = "first-order Taylor |w * grad| on calibration data (one backward pass)"
 
     def score_all(self, groups: list[Any], ctx: ScoringContext) -> dict[str, torch.Tensor]:
-        model = ctx.model
-        was_training = model.training
-        model.eval()
-        model.zero_grad(set_to_none=True)
-        model.to(ctx.device)
         batches = ctx.calibration_batches()
-        for images, labels in batches:
-            loss = F.cross_entropy(
-                model(images.to(ctx.device)), labels.to(ctx.device), reduction="sum"
-            )
-            (loss / sum(len(y) for _, y in batches)).backward()
+        images_total = sum(len(y) for _, y in batches)
 
         def per_layer(member: Any) -> torch.Tensor:
             w = member.module.weight
@@ -102,10 +128,17 @@ class Taylor(Criterion):
                 else prod.transpose(0, 1)[member.idxs].flatten(1).sum(1)
             )
 
-        scores = {g.name: _sum_over_out_layers(g, per_layer) for g in groups}
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-        return scores
+        with scoring_mode(ctx.model, ctx.device) as model, torch.enable_grad():
+            model.zero_grad(set_to_none=True)
+            try:
+                for images, labels in batches:
+                    loss = F.cross_entropy(
+                        model(images.to(ctx.device)), labels.to(ctx.device), reduction="sum"
+                    )
+                    (loss / images_total).backward()
+                return {g.name: _sum_over_out_layers(g, per_layer) for g in groups}
+            finally:
+                model.zero_grad(set_to_none=True)
 
 
 @register("random")
