@@ -179,7 +179,10 @@ class Policy:
             raise UserError(
                 f"{source}: field 'model' is missing; give {{name, num_classes, input_shape}}"
             )
-        model = ModelSpec.from_dict(raw["model"])
+        try:
+            model = ModelSpec.from_dict(raw["model"])
+        except UserError as exc:
+            raise UserError(f"{source}: field 'model': {exc}") from exc
         groups_raw = raw.get("groups") or {}
         if not isinstance(groups_raw, dict):
             raise UserError(f"{source}: 'groups' must map group names to {{rate, criterion}}")
@@ -197,6 +200,10 @@ class Policy:
                     f"{where}.rate = {rate} is outside [0, 1): a group keeps at least one channel"
                 )
             chosen = entry.get("chosen_from")
+            if chosen is not None and not isinstance(chosen, list):
+                raise UserError(
+                    f"{where}.chosen_from must be a list of criterion names, got {chosen!r}"
+                )
             groups[str(name)] = GroupPolicy(
                 rate=rate,
                 criterion=str(entry.get("criterion", "l1")),
@@ -216,8 +223,8 @@ class Policy:
             class_aware=_section(ClassAware, raw.get("class_aware"), f"{source}: class_aware"),
             schedule=_section(Schedule, raw.get("schedule"), f"{source}: schedule"),
             retrain=_section(Retrain, raw.get("retrain"), f"{source}: retrain"),
-            seed=int(_number(raw.get("seed", 0), f"{source}: seed")),
-            measured={str(k): float(v) for k, v in (raw.get("measured") or {}).items()},
+            seed=_integer(raw.get("seed", 0), f"{source}: seed"),
+            measured=_measured(raw.get("measured"), f"{source}: measured"),
         )
         policy._check_sections(source)
         return policy
@@ -269,13 +276,14 @@ class Policy:
             tuple(spec.input_shape),
         ):
             raise UserError(
-                f"policy is for model {self.model.to_dict()} but the base checkpoint is {spec.to_dict()}: "
-                "use the policy with the base checkpoint it was searched on"
+                f"policy model {self.model.to_dict()} does not match the base checkpoint's model "
+                f"{spec.to_dict()}: the policy is for another model; use it with the base checkpoint "
+                "it was searched on, or search again for this one"
             )
         unknown = [g for g in self.groups if group_names is not None and g not in group_names]
         if unknown:
             raise UserError(
-                f"policy names group(s) {', '.join(unknown)} that {spec.name} does not have; "
+                f"policy groups {', '.join(unknown)}: {spec.name} has no such group; "
                 f"allowed groups: {', '.join(group_names or [])} (see `autoprune inspect --model {spec.name}`)"
             )
         known = set(criteria.available()) | {"auto"}
@@ -313,6 +321,29 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # exact: a float would round seeds above 2**53
+    number = _number(value, where)
+    if not number.is_integer():
+        raise UserError(f"{where} = {value!r} must be a whole number")
+    return int(number)
+
+
+def _measured(raw: Any, where: str) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must map metric names to numbers, e.g. {{macs_ratio: 0.45}}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        # Measured values may be NaN or infinite (a diverged fine-tune); only their type is checked.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}.{key} = {value!r} must be a number")
+        out[str(key)] = float(value)
+    return out
+
+
 def _section(cls: Any, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
@@ -326,8 +357,10 @@ def _section(cls: Any, raw: Any, where: str) -> Any:
         if isinstance(default, bool):
             values[key] = bool(value)
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            number = _number(value, f"{where}.{key}")
-            values[key] = int(number) if isinstance(default, int) else number
+            if isinstance(default, int):
+                values[key] = _integer(value, f"{where}.{key}")
+            else:
+                values[key] = _number(value, f"{where}.{key}")
         elif isinstance(default, list):
             if not isinstance(value, list):
                 raise UserError(f"{where}.{key} must be a list")
