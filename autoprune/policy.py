@@ -70,6 +70,14 @@ class ClassAware:
 
 
 @dataclass
+class LossAware:
+    """Settings of ``criterion: auto`` (loss-aware selection among scoring criteria)."""
+
+    pool: list[str] = field(default_factory=lambda: ["l1", "l2", "fpgm", "cos"])  # candidates
+    images: int = 64  # calibration images the candidates' losses are measured on
+
+
+@dataclass
 class Schedule:
     """How pruning is spread over steps."""
 
@@ -99,6 +107,7 @@ class Policy:
     base: BaseRef = field(default_factory=BaseRef)
     depth: Depth = field(default_factory=Depth)
     class_aware: ClassAware = field(default_factory=ClassAware)
+    loss_aware: LossAware = field(default_factory=LossAware)
     schedule: Schedule = field(default_factory=Schedule)
     retrain: Retrain = field(default_factory=Retrain)
     seed: int = 0
@@ -123,6 +132,11 @@ class Policy:
             out["depth"] = {"drop_blocks": list(self.depth.drop_blocks)}
         if self.class_aware != ClassAware():
             out["class_aware"] = dict(vars(self.class_aware))
+        if self.loss_aware != LossAware():
+            out["loss_aware"] = {
+                "pool": list(self.loss_aware.pool),
+                "images": self.loss_aware.images,
+            }
         out["schedule"] = dict(vars(self.schedule))
         out["retrain"] = dict(vars(self.retrain))
         out["seed"] = self.seed
@@ -169,6 +183,7 @@ class Policy:
             "groups",
             "depth",
             "class_aware",
+            "loss_aware",
             "schedule",
             "retrain",
             "seed",
@@ -221,6 +236,7 @@ class Policy:
             base=_section(BaseRef, raw.get("base"), f"{source}: base"),
             depth=_section(Depth, raw.get("depth"), f"{source}: depth"),
             class_aware=_section(ClassAware, raw.get("class_aware"), f"{source}: class_aware"),
+            loss_aware=_section(LossAware, raw.get("loss_aware"), f"{source}: loss_aware"),
             schedule=_section(Schedule, raw.get("schedule"), f"{source}: schedule"),
             retrain=_section(Retrain, raw.get("retrain"), f"{source}: retrain"),
             seed=_integer(raw.get("seed", 0), f"{source}: seed"),
@@ -248,6 +264,17 @@ class Policy:
             raise UserError(
                 f"{source}: retrain.regularizer '{self.retrain.regularizer}' is unknown; allowed: none, orthogonal"
             )
+        la = self.loss_aware
+        if (
+            not isinstance(la.pool, list)
+            or not la.pool
+            or not all(isinstance(c, str) for c in la.pool)
+        ):
+            raise UserError(
+                f"{source}: loss_aware.pool must be a non-empty list of criterion names, got {la.pool!r}"
+            )
+        if not isinstance(la.images, int) or isinstance(la.images, bool) or la.images < 1:
+            raise UserError(f"{source}: loss_aware.images = {la.images!r} must be an integer >= 1")
         mc = self.class_aware.min_classes
         if mc is not None and not 0 <= mc <= self.model.num_classes:
             raise UserError(
@@ -287,6 +314,13 @@ class Policy:
                 f"allowed groups: {', '.join(group_names or [])} (see `autoprune inspect --model {spec.name}`)"
             )
         known = set(criteria.available()) | {"auto"}
+        scoring = criteria.scoring_criteria()
+        bad_pool = [c for c in self.loss_aware.pool if c not in scoring]
+        if bad_pool and any(g.criterion == "auto" for g in self.groups.values()):
+            raise UserError(
+                f"policy loss_aware.pool names {', '.join(bad_pool)}, which are not scoring criteria; "
+                f"allowed: {', '.join(scoring)}"
+            )
         for name, g in self.groups.items():
             if g.criterion not in known:
                 raise UserError(

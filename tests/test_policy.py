@@ -428,3 +428,64 @@ def test_objective_records_the_base_it_pruned(random_base: tuple[Path, str]) -> 
     pruned = prune_policy(ObjectiveConfig(base_checkpoint=str(path), dataset="mnist5k"), policy)
     assert pruned.policy.base == BaseRef(checkpoint=str(path), sha256=sha)
     assert conv(pruned.model, "layer1.0.conv1").out_channels == 8
+
+
+# --------------------------------------------------------------------------- loss-aware section
+
+
+def test_loss_aware_section_round_trips_and_steers_auto() -> None:
+    from autoprune import prune
+    from autoprune.criteria import Calibration, ScoringInputs
+    from autoprune.data import TensorSplit
+
+    spec = ModelSpec("resnet20", 10, (1, 28, 28))
+    raw = {
+        "schema": "autoprune.policy/1",
+        "model": spec.to_dict(),
+        "groups": {"layer2.0.conv1": {"rate": 0.5, "criterion": "auto"}},
+        "loss_aware": {"pool": ["l2", "energy"], "images": 16},
+    }
+    policy = Policy.from_dict(raw)
+    assert policy.loss_aware.pool == ["l2", "energy"] and policy.loss_aware.images == 16
+    assert Policy.from_dict(yaml.safe_load(policy.to_yaml())) == policy
+    torch.manual_seed(0)
+    model = spec.build()
+    calibration = Calibration(
+        TensorSplit(torch.randn(32, 1, 28, 28), torch.arange(32) % 10), "rand", num_images=32
+    )
+    result = prune.apply(model, policy, ScoringInputs(calibration=calibration, num_classes=10))
+    chosen = result.policy.groups["layer2.0.conv1"]
+    assert chosen.criterion in ("l2", "energy") and chosen.chosen_from == ["l2", "energy"]
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"pool": []}, "non-empty list"),
+        ({"pool": "l1"}, "must be a list"),
+        ({"images": 0}, "integer >= 1"),
+        ({"size": 3}, "size"),
+    ],
+)
+def test_bad_loss_aware_section_is_a_user_error(section: dict, needle: str) -> None:
+    raw = {
+        "model": ModelSpec("resnet20", 10, (1, 28, 28)).to_dict(),
+        "groups": {},
+        "loss_aware": section,
+    }
+    with pytest.raises(UserError, match="loss_aware") as info:
+        Policy.from_dict(raw, source="p.yaml")
+    assert needle in str(info.value)
+
+
+def test_a_selection_rule_in_the_pool_is_rejected_against_the_model() -> None:
+    spec = ModelSpec("resnet20", 10, (1, 28, 28))
+    policy = Policy.from_dict(
+        {
+            "model": spec.to_dict(),
+            "groups": {"conv1": {"rate": 0.3, "criterion": "auto"}},
+            "loss_aware": {"pool": ["auto", "l1"]},
+        }
+    )
+    with pytest.raises(UserError, match="not scoring criteria"):
+        policy.validate_against(spec)
