@@ -146,7 +146,9 @@ def write_cifar10(root: Path, per_class_per_batch: int = CIFAR10_PER_CLASS_PER_B
             _Py2Str(b"batch_label"): _Py2Str(batch_label.encode()),
             _Py2Str(b"labels"): labels,
             _Py2Str(b"data"): rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            _Py2Str(b"filenames"): [_Py2Str(f"{batch_name}_{i:05d}.png".encode()) for i in range(n)],
+            _Py2Str(b"filenames"): [
+                _Py2Str(f"{batch_name}_{i:05d}.png".encode()) for i in range(n)
+            ],
         }
         _write_py2_pickle(folder / batch_name, batch)
     meta = {
@@ -170,9 +172,7 @@ def cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """
     import torchvision.datasets.cifar as tv_cifar
 
-    monkeypatch.setattr(
-        tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath)
-    )
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
     root = tmp_path / "cifar"
     write_cifar10(root)
     return root

@@ -261,4 +261,3 @@ def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, work
     assert len(results["ray"]) == 4
     for local, ray in zip(results["local"], results["ray"], strict=True):
         assert local == ray, f"trial {local[0]} differs"
-

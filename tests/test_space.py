@@ -22,11 +22,15 @@ def _context(budget: float = 0.5, ranking: dict[str, list[str]] | None = None) -
     model = create("resnet20", num_classes=10, in_channels=1)
     names = list(current_groups(model, build_graph(model, spec.example_inputs())))
     stages = {n: ("a" if n.startswith(("conv1", "layer1")) else "b") for n in names}
-    return SpaceContext(spec=spec, budget=budget, group_names=names, group_stage=stages, block_ranking=ranking or {})
+    return SpaceContext(
+        spec=spec, budget=budget, group_names=names, group_stage=stages, block_ranking=ranking or {}
+    )
 
 
 def _sample(space: SearchSpace, ctx: SpaceContext, seed: int = 0) -> dict:
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed)
+    )
     trial = study.ask()
     space.sample(trial, ctx)
     return trial.params
@@ -39,7 +43,9 @@ def test_bundled_spaces_load_and_sample_valid_policies(path: Path) -> None:
     params = _sample(space, ctx)
     policy = space.to_policy(params, ctx)
     assert set(policy.groups) == set(ctx.group_names)
-    assert policy.target_macs_ratio is not None and space.target_low <= policy.target_macs_ratio <= 0.5
+    assert (
+        policy.target_macs_ratio is not None and space.target_low <= policy.target_macs_ratio <= 0.5
+    )
     policy.validate_against(ctx.spec, ctx.group_names)
     assert all(g.criterion in space.criteria for g in policy.groups.values())
 

@@ -24,7 +24,9 @@ def _study(tmp_path: Path, name: str = "s") -> optuna.Study:
 
 
 def _policy() -> dict:
-    return Policy(ModelSpec("resnet20", 10, (1, 28, 28)), {"layer1.0.conv1": GroupPolicy(0.5, "l1")}).to_dict()
+    return Policy(
+        ModelSpec("resnet20", 10, (1, 28, 28)), {"layer1.0.conv1": GroupPolicy(0.5, "l1")}
+    ).to_dict()
 
 
 def test_default_storage_is_created_under_studies(autoprune_home: Path) -> None:
@@ -34,7 +36,11 @@ def test_default_storage_is_created_under_studies(autoprune_home: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["not-a-url", "sqlite:////no/such/folder/x.db", "postgresql+psycopg://postgres@127.0.0.1:1/postgres"],
+    [
+        "not-a-url",
+        "sqlite:////no/such/folder/x.db",
+        "postgresql+psycopg://postgres@127.0.0.1:1/postgres",
+    ],
 )
 def test_storage_that_cannot_be_opened_is_a_user_error(url: str) -> None:
     with pytest.raises(UserError, match="--storage"):
@@ -63,7 +69,13 @@ def test_resuming_with_another_budget_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "result",
-    [None, {}, {"val_accuracy": math.nan, "macs_ratio": 0.4}, {"val_accuracy": 0.9}, {"error": "target unreachable"}],
+    [
+        None,
+        {},
+        {"val_accuracy": math.nan, "macs_ratio": 0.4},
+        {"val_accuracy": 0.9},
+        {"error": "target unreachable"},
+    ],
 )
 def test_bad_results_become_fail_never_running(tmp_path: Path, result: dict | None) -> None:
     study = _study(tmp_path)
@@ -78,9 +90,17 @@ def test_complete_trials_carry_policy_and_constraint(tmp_path: Path) -> None:
     study = _study(tmp_path)
     for acc, ratio in ((0.9, 0.4), (0.95, 0.6), (0.8, 0.3)):
         trial = study.ask()
-        studies.finish_trial(study, trial, {"val_accuracy": acc, "macs_ratio": ratio, "params_ratio": ratio, "policy": _policy()}, budget=0.5)
+        studies.finish_trial(
+            study,
+            trial,
+            {"val_accuracy": acc, "macs_ratio": ratio, "params_ratio": ratio, "policy": _policy()},
+            budget=0.5,
+        )
     front = studies.pareto_front(study)
-    assert [(p.val_accuracy, p.macs_ratio) for p in front] == [(0.8, 0.3), (0.9, 0.4)]  # 0.6 is over budget
+    assert [(p.val_accuracy, p.macs_ratio) for p in front] == [
+        (0.8, 0.3),
+        (0.9, 0.4),
+    ]  # 0.6 is over budget
     assert studies.winner(front).number == 0
     assert all(t.user_attrs["policy"]["groups"] for t in study.get_trials())
 
@@ -94,7 +114,9 @@ def test_stale_running_trial_of_a_dead_driver_is_failed_and_requeued(tmp_path: P
     study = _study(tmp_path)
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     import socket
 
     trial.set_user_attr(studies.DRIVER_ATTR, f"{socket.gethostname()}:{dead.stdout.strip()}")
@@ -113,7 +135,9 @@ def test_running_trial_of_a_live_driver_or_another_host_is_left_alone(tmp_path: 
     peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         alive = study.ask()
-        alive.set_user_attr(studies.DRIVER_ATTR, f"{socket.gethostname()}:{peer.pid}")  # another live search
+        alive.set_user_attr(
+            studies.DRIVER_ATTR, f"{socket.gethostname()}:{peer.pid}"
+        )  # another live search
         other = study.ask()
         other.set_user_attr(studies.DRIVER_ATTR, "some-other-host:1234")  # cannot tell: left alone
         assert studies.recover_stale_trials(study, log=lambda _: None) == 0
@@ -133,7 +157,12 @@ def test_running_trial_of_this_process_is_stale(tmp_path: Path) -> None:
 def test_export_writes_front_policies_summary_and_plot(tmp_path: Path) -> None:
     study = _study(tmp_path)
     for acc, ratio in ((0.9, 0.4), (0.8, 0.3), (0.95, 0.7)):
-        studies.finish_trial(study, study.ask(), {"val_accuracy": acc, "macs_ratio": ratio, "policy": _policy()}, budget=0.5)
+        studies.finish_trial(
+            study,
+            study.ask(),
+            {"val_accuracy": acc, "macs_ratio": ratio, "policy": _policy()},
+            budget=0.5,
+        )
     out = tmp_path / "policies"
     written = studies.export_front(study, out)
     assert [p.name for p in written] == ["trial-0001.yaml", "trial-0000.yaml"]
