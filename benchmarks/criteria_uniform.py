@@ -19,16 +19,24 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--base-checkpoint", help="default: the cached embedded base (trained on first use)")
+    parser.add_argument(
+        "--base-checkpoint", help="default: the cached embedded base (trained on first use)"
+    )
     parser.add_argument("--target", type=float, default=0.3, help="MACs ratio (default 0.3)")
     parser.add_argument("--epochs", type=float, default=1.0, help="fine-tune epochs (default 1)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--rate", type=float, default=0.5, help="raw rate of every group before projection")
+    parser.add_argument(
+        "--rate", type=float, default=0.5, help="raw rate of every group before projection"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--criteria", nargs="*", help="default: every registered criterion and auto")
+    parser.add_argument(
+        "--criteria", nargs="*", help="default: every registered criterion and auto"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
 
@@ -41,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.prune import discover_groups
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    base = load_base(args.base_checkpoint) if args.base_checkpoint else ensure_default_base(args.model, args.dataset)
+    base = (
+        load_base(args.base_checkpoint)
+        if args.base_checkpoint
+        else ensure_default_base(args.model, args.dataset)
+    )
     names = [g.name for g in discover_groups(base.build(), base.spec.example_inputs())]
     config = ObjectiveConfig(base_checkpoint=str(base.path), dataset=args.dataset)
     chosen = args.criteria or criteria.available()
@@ -50,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         f"target MACs ratio {args.target}, raw rate {args.rate} on all {len(names)} groups, "
         f"{args.epochs:g} epoch(s) at lr {args.lr}, seed {args.seed}, {torch.get_num_threads()} threads"
     )
-    print(f"{'criterion':<12} {'val acc':>8} {'MACs ratio':>10} {'params':>7} {'prune s':>8} {'total s':>8}")
+    print(
+        f"{'criterion':<12} {'val acc':>8} {'MACs ratio':>10} {'params':>7} {'prune s':>8} {'total s':>8}"
+    )
     rows = []
     for name in chosen:
         policy = Policy(
