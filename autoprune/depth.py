@@ -35,59 +35,63 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         ) from exc
 
 
-def _has_residual(block: nn.Module) -> bool:
+def _is_block(module: nn.Module) -> bool:
+    """CIFAR ResNet and MobileNetV2 blocks declare their shortcut; torchvision's are known by type."""
+    return (
+        hasattr(module, "has_identity_shortcut")
+        or hasattr(module, "use_residual")
+        or type(module).__name__ in ("BasicBlock", "Bottleneck")
+    )
+
+
+def _has_identity_shortcut(block: nn.Module) -> bool:
     if hasattr(block, "has_identity_shortcut"):
         return bool(block.has_identity_shortcut)
-    return bool(getattr(block, "use_residual", False))
+    if hasattr(block, "use_residual"):
+        return bool(block.use_residual)
+    return getattr(block, "downsample", "x") is None  # torchvision BasicBlock / Bottleneck
 
 
 def residual_blocks(model: nn.Module) -> list[str]:
     """Names of the model's residual blocks, removable or not, in module order."""
-    names = []
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if (
-            hasattr(module, "has_identity_shortcut")
-            or hasattr(module, "use_residual")
-            or kind in ("BasicBlock", "Bottleneck")
-        ):
-            names.append(name)
-    return names
+    return [name for name, module in model.named_modules() if _is_block(module)]
+
+
+def _block_io(
+    model: nn.Module, names: Sequence[str], example_inputs: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+    """Each named block's input tensor and output shape, from one forward pass (eval mode)."""
+    seen: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda mod, inp, out, n=n: seen.__setitem__(n, (inp[0], tuple(out.shape)))
+        )
+        for n in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_inputs.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def removable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     """Names of residual blocks with identity shortcuts whose input and output shapes match.
 
     A block is residual when it declares ``has_identity_shortcut`` (CIFAR ResNets) or
-    ``use_residual`` (MobileNetV2), or is a torchvision ``BasicBlock``/``Bottleneck`` without
-    a downsample branch.
+    ``use_residual`` (MobileNetV2), or is a torchvision ``BasicBlock``/``Bottleneck``
+    (identity when it has no downsample branch).
     """
-    candidates: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if _has_residual(module) or (
-            kind in ("BasicBlock", "Bottleneck") and getattr(module, "downsample", "x") is None
-        ):
-            candidates[name] = module
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    hooks = [
-        m.register_forward_hook(
-            lambda mod, inp, out, n=n: shapes.__setitem__(
-                n, (tuple(inp[0].shape), tuple(out.shape))
-            )
-        )
-        for n, m in candidates.items()
+    candidates = [
+        n for n in residual_blocks(model) if _has_identity_shortcut(model.get_submodule(n))
     ]
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(example_inputs)
-            model.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [n for n in candidates if n in shapes and shapes[n][0] == shapes[n][1]]
+    io = _block_io(model, candidates, example_inputs)
+    return [n for n in candidates if n in io and tuple(io[n][0].shape) == io[n][1]]
 
 
 def drop_blocks(model: nn.Module, names: Sequence[str], example_inputs: torch.Tensor) -> nn.Module:
@@ -165,12 +169,11 @@ def block_scores(
     example = inputs[:1]
     total_macs = float(count_macs_params(model, example)[0])
     removable = set(removable_blocks(model, example))
+    io = _block_io(model, names, example)
     rows = []
     start = 0
     for name, width in zip(names, widths, strict=True):
-        block = model.get_submodule(name)
-        block_input = _block_input(model, block, example)
-        macs = float(count_macs_params(block, block_input)[0])
+        macs = float(count_macs_params(model.get_submodule(name), io[name][0])[0])
         rows.append(
             BlockScore(
                 name=name,
@@ -230,17 +233,3 @@ def _pooled_block_outputs(
         raise UserError("block scoring got no calibration images")
     pooled = {n: torch.cat(v).double().numpy() for n, v in outputs.items()}
     return pooled, batches[0][0].cpu(), torch.cat(labels).numpy()
-
-
-def _block_input(model: nn.Module, block: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    captured: list[torch.Tensor] = []
-    handle = block.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        handle.remove()
-    return captured[0]

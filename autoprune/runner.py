@@ -282,10 +282,7 @@ def _run_local(
 ) -> None:
     from autoprune import study as studies
 
-    if objective.threads:
-        import torch
-
-        torch.set_num_threads(objective.threads)
+    # Thread count: evaluate_policy applies ``objective.threads`` at the start of every trial.
     for _ in range(missing):
         trial = study.ask()
         studies.mark_driver(trial)

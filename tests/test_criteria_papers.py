@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,12 +33,7 @@ from autoprune.policy import ClassAware, GroupPolicy, Policy
 CONSERVATION_TOLERANCE = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 bn, relu = nn.BatchNorm2d, nn.ReLU
