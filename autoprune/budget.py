@@ -161,6 +161,10 @@ def _elementwise_owners(
     recent tensor of the same shape, which is the sum's operand in residual networks.
     """
     owner_by_tensor: dict[int, list[int]] = {}
+    # Every tensor whose id is a key above stays referenced here until the pass ends: a freed
+    # tensor's id can be reused by a later one, which would then inherit the wrong groups
+    # (and make the analytic count depend on the allocator's history).
+    alive: list[torch.Tensor] = []
     recent: list[tuple[tuple[int, ...], list[int]]] = []
     owners: dict[nn.Module, tuple[list[int], int]] = {}
 
@@ -179,18 +183,19 @@ def _elementwise_owners(
         else:
             return
         if groups:
+            alive.append(output)
             owner_by_tensor[id(output)] = groups
             recent.append((tuple(output.shape), groups))
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook) for m in leaves]
-    outputs: list[Any] = []
     try:
         with torch.no_grad():
-            outputs.append(model(example_inputs))  # keep tensors alive so ids stay unique
+            model(example_inputs)
     finally:
         for h in handles:
             h.remove()
+        alive.clear()
     return {m: o for m, o in owners.items() if not isinstance(m, (nn.Conv2d, nn.Linear))}
 
 

@@ -269,3 +269,33 @@ def test_counting_reports_macs_and_params_of_the_base() -> None:
     assert 40e6 < macs < 43e6  # ResNet-20 on 32x32: about 41M MACs (published: 41M FLOPs)
     assert params == sum(p.numel() for p in a.model.parameters())
     assert a.model.training is False  # counting leaves the mode as it was
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_analytic_count_is_exact_and_independent_of_allocator_history(name: str) -> None:
+    """The analytic MACs model is the same however memory was used before it was built.
+
+    It once keyed tensors by ``id()`` without keeping them alive, so a freed tensor's id could
+    be reused by a later one: which groups a ReLU belonged to depended on the allocator, and a
+    Ray worker projected the same policy to different rates than the driver process.
+    """
+    a = arch(name)
+    inputs = a.spec.example_inputs()
+    g = torch.Generator().manual_seed(0)
+    counts = [c // 3 for c in a.macs_model.channels]
+    # Groups removed one at a time probe every group's share, not just the sum.
+    probes = [counts] + [
+        [n if i == j else 0 for j, n in enumerate(counts)] for i in range(len(counts))
+    ]
+    reference = [a.macs_model.macs(p) for p in probes]
+    junk = []
+    for k in range(12):
+        junk.append(torch.randn(int(torch.randint(1, 5000, (1,), generator=g)) + k))
+        again = MacsModel(a.model, inputs)
+        assert [again.macs(p) for p in probes] == reference
+    # And the analytic count is what torch-pruning measures on the pruned model.
+    names = a.macs_model.group_names
+    policy = policy_for(
+        a, {n: c / ch for n, c, ch in zip(names, counts, a.macs_model.channels, strict=True)}, None
+    )
+    assert measured_ratio(a, policy) == pytest.approx(a.macs_model.ratio(counts), abs=2e-4)
