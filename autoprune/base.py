@@ -155,6 +155,8 @@ def train_base(
     from autoprune.budget import count_macs_params
     from autoprune.train import TrainConfig, evaluate, fit, seed_everything, select_device
 
+    models.check_name(model_name)  # before loading data: a typo should not cost a dataset load
+    dataset_name = data.canonical_name(dataset_name)
     splits = data.create(dataset_name, root=data_root, download=download)
     dev = select_device(device)
     seed_everything(seed)

@@ -157,6 +157,17 @@ def describe() -> list[tuple[str, str]]:
     return rows
 
 
+def canonical_name(name: str) -> str:
+    """The dataset name as stored in checkpoints and studies: ``imagefolder:`` paths made absolute.
+
+    A relative folder would name other data (or nothing) when a study is resumed or a policy
+    replayed from another working directory.
+    """
+    if name.startswith("imagefolder:"):
+        return "imagefolder:" + str(Path(name.split(":", 1)[1]).expanduser().resolve())
+    return name
+
+
 def create(
     name: str,
     root: str | Path | None = None,

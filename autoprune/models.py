@@ -26,6 +26,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -288,19 +289,30 @@ def create(name: str, num_classes: int | None = None, in_channels: int | None = 
         for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
         if v is not None
     }
+    check_name(name)
     if name in _REGISTRY:
         return _REGISTRY[name].factory(**kwargs)
     if name.startswith("tv:"):
         return _create_torchvision(name[3:], kwargs)
-    if ":" in name:
-        return _create_user(name, kwargs)
-    raise UserError(
-        f"unknown model '{name}': choose one of {', '.join(available())}, "
-        "a torchvision model as 'tv:NAME', or your own as 'package.module:factory'"
-    )
+    return _create_user(name, kwargs)
 
 
-def _create_torchvision(arch: str, kwargs: dict[str, int]) -> nn.Module:
+def check_name(name: str) -> None:
+    """Raise ``UserError`` unless ``name`` names a model ``create`` can build (builds nothing)."""
+    if name in _REGISTRY:
+        return
+    if name.startswith("tv:"):
+        _check_torchvision(name[3:])
+    elif ":" in name:
+        _user_factory(name)
+    else:
+        raise UserError(
+            f"unknown model '{name}': choose one of {', '.join(available())}, "
+            "a torchvision model as 'tv:NAME', or your own as 'package.module:factory'"
+        )
+
+
+def _check_torchvision(arch: str) -> None:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
@@ -310,6 +322,29 @@ def _create_torchvision(arch: str, kwargs: dict[str, int]) -> nn.Module:
             f"{', '.join(n for n in ('resnet18', 'resnet50', 'mobilenet_v2', 'vgg16_bn') if n in names)} "
             "(see torchvision.models.list_models())"
         )
+
+
+def _user_factory(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"model '{spec}' is not of the form 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"model '{spec}': cannot import module '{module_name}' ({exc}); "
+            "make sure it is installed or on PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"model '{spec}': module '{module_name}' has no callable named '{attr}'")
+    return factory
+
+
+def _create_torchvision(arch: str, kwargs: dict[str, int]) -> nn.Module:
+    import torchvision
+
+    _check_torchvision(arch)
     in_channels = kwargs.pop("in_channels", 3)
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     if in_channels != 3:
@@ -343,19 +378,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int, arch: str) -> None:
 
 
 def _create_user(spec: str, kwargs: dict[str, int]) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"model '{spec}' is not of the form 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(
-            f"model '{spec}': cannot import module '{module_name}' ({exc}); "
-            "make sure it is installed or on PYTHONPATH"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise UserError(f"model '{spec}': module '{module_name}' has no callable named '{attr}'")
+    factory = _user_factory(spec)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins and C extensions may have no signature

@@ -197,8 +197,10 @@ def search(
     """
     from autoprune import study as studies
     from autoprune.base import studies_dir
+    from autoprune.data import canonical_name
 
     config.validate()
+    config = replace(config, dataset=canonical_name(config.dataset))
     space = SearchSpace.load(config.space)
     space.check_budget(config.budget_flops)
     sampler = make_sampler(config.sampler, config.seed, config.trials, config.max_concurrent > 1)

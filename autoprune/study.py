@@ -77,9 +77,12 @@ def study_name_for(config: SearchConfig) -> str:
     if config.study:
         return config.study
     space = Path(config.space).stem
-    return f"{config.model}-{config.dataset}-{space}-b{config.budget_flops:g}".replace(
-        "/", "_"
-    ).replace(":", "_")
+    dataset = config.dataset
+    if dataset.startswith("imagefolder:"):  # the folder's name, not its whole absolute path
+        dataset = "imagefolder-" + Path(dataset.split(":", 1)[1]).name
+    return f"{config.model}-{dataset}-{space}-b{config.budget_flops:g}".replace("/", "_").replace(
+        ":", "_"
+    )
 
 
 def create_or_load(

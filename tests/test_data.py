@@ -294,3 +294,23 @@ def test_bad_imagefolder_is_a_user_error(tmp_path: Path, layout: str, needle: st
     with pytest.raises(UserError, match=needle) as info:
         data.create(f"imagefolder:{root}")
     assert str(root) in str(info.value)
+
+
+def test_imagefolder_names_are_stored_with_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study or checkpoint made in one directory must find the same folder from another."""
+    from autoprune.config import SearchConfig
+    from autoprune.study import study_name_for
+
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "pets", per_class=4, seed=0)
+    name = data.canonical_name("imagefolder:pets")
+    assert name == f"imagefolder:{tmp_path.resolve() / 'pets'}"
+    assert data.canonical_name(name) == name
+    assert data.canonical_name("mnist5k") == "mnist5k"
+    monkeypatch.chdir("/")
+    assert data.create(name).num_classes == len(CLASSES)
+    # The default study name carries the folder's name, not its whole path.
+    config = SearchConfig(model="resnet20", dataset=name, budget_flops=0.5)
+    assert study_name_for(config).startswith("resnet20-imagefolder-pets-")

@@ -217,6 +217,25 @@ def test_bad_model_name_is_a_user_error_that_names_it(name: str, needles: list[s
         assert needle in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["resnet21", "tv:resnet19", "os:nonexistent"])
+def test_check_name_agrees_with_create_without_building(name: str) -> None:
+    with pytest.raises(UserError) as created:
+        models.create(name, num_classes=10)
+    with pytest.raises(UserError) as checked:
+        models.check_name(name)
+    assert str(checked.value) == str(created.value)
+    for good in ("resnet20", "tv:resnet18", "collections:OrderedDict"):
+        models.check_name(good)
+
+
+def test_training_a_misspelled_model_fails_before_loading_data(tmp_path: Path) -> None:
+    from autoprune.base import train_base
+
+    # The dataset folder does not exist either: the model error must come first, and fast.
+    with pytest.raises(UserError, match="unknown model 'resnet21'"):
+        train_base("resnet21", f"imagefolder:{tmp_path / 'missing'}", 1, tmp_path / "out.pt")
+
+
 def test_model_spec_round_trips_and_rejects_bad_dicts() -> None:
     spec = ModelSpec("resnet20", num_classes=10, input_shape=(1, 28, 28))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
