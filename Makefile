@@ -2,12 +2,12 @@
 #   make demo   set up, then run the main job on the embedded default (ResNet-20 on MNIST-5k)
 #   make test   set up, then lint, type-check and run the whole test suite (what CI runs)
 #
-# The virtualenv lives outside the clone, keyed by the hash of the dependency files, so
+# The virtualenv lives outside the clone, keyed by a hash of the dependency lists and pins, so
 # repeated runs and fresh clones reuse it instead of reinstalling ~5 GB of torch.
 
 SHELL := /bin/bash
 PYTHON ?= python3
-DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+DEPS_HASH := $(shell $(PYTHON) .ci/deps_hash.py)
 VENV ?= $(HOME)/.cache/autoprune/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS := 1
@@ -15,7 +15,9 @@ export RAY_DEDUP_LOGS := 0
 
 .PHONY: setup demo test lint typecheck pytest clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# No file prerequisites: the path itself changes when the dependencies do, and a fresh
+# clone's newer timestamps must not trigger a reinstall.
+$(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,postgres]"

@@ -286,6 +286,8 @@ def _run_local(
 
     # Thread count: evaluate_policy applies ``objective.threads`` at the start of every trial.
     for _ in range(missing):
+        if studies.complete_count(study) >= config.trials:
+            break  # other drivers of a shared study finished the rest
         trial = study.ask()
         studies.mark_driver(trial)
         space.sample(trial, ctx)
@@ -369,6 +371,7 @@ def _run_ray(
 def _policy_searcher(
     study: Any, space: SearchSpace, ctx: SpaceContext, config: SearchConfig, progress: Progress
 ) -> Any:
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     from autoprune import study as studies
@@ -391,7 +394,11 @@ def _policy_searcher(
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: ``autoprune resume`` reloads the study from SQL."""
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        # Ray documents Searcher.FINISHED (a str) as a valid answer but types suggest as dict | None.
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+            assert self._ot_study is not None
+            if studies.complete_count(self._ot_study) >= config.trials:
+                return Searcher.FINISHED  # other drivers of a shared study finished the rest
             if super().suggest(trial_id) is None:
                 return None
             ot_trial = self._ot_trials[trial_id]

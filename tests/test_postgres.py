@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,38 @@ def test_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str])
     assert main(["studies", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "--storage" in err and "Traceback" not in err
+
+
+def test_two_drivers_share_one_study_without_clobbering_each_other(
+    postgres_url: str, trained_base: Path, tmp_path: Path
+) -> None:
+    """Two `search` processes on one PostgreSQL study: unique trials, none left RUNNING, and
+    the study's total stops within one trial per extra driver of what was asked."""
+    import sys
+
+    command = [
+        sys.executable, "-m", "autoprune", "search", "--budget-flops", "0.5",
+        "--base-checkpoint", str(trained_base), "--dataset", "mnist5k", "--space", FAST_SPACE,
+        "--trials", "4", "--executor", "local", "--storage", postgres_url, "--study", "shared",
+        "--quiet", "--cpus-per-trial", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "AUTOPRUNE_HOME": str(tmp_path / "studies")}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # The second driver joins once the study exists (creating it is not meant to race).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            optuna.load_study(study_name="shared", storage=postgres_url)
+            break
+        except KeyError:
+            time.sleep(0.5)
+    second = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials()
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states
+    assert TrialState.FAIL not in states, "a live driver's trial was taken for a crashed one"
+    assert 4 <= states.count(TrialState.COMPLETE) <= 5
+    assert len({t.number for t in trials}) == len(trials)

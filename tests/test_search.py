@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -261,3 +262,34 @@ def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, work
     assert len(results["ray"]) == 4
     for local, ray in zip(results["local"], results["ray"], strict=True):
         assert local == ray, f"trial {local[0]} differs"
+
+
+@pytest.mark.ray
+def test_ray_searcher_stops_once_another_driver_finished_the_study(
+    trained_base: Path, workdir: Path
+) -> None:
+    """With a shared study, the Ray searcher asks for no trial once the study holds --trials."""
+    from ray.tune.search import Searcher
+
+    from autoprune.base import load_base
+    from autoprune.config import SearchConfig
+    from autoprune.runner import _policy_searcher
+    from autoprune.space import SearchSpace, build_context
+
+    study = optuna.create_study(
+        study_name="t", storage=f"sqlite:///{workdir / 's.db'}", directions=["maximize", "minimize"]
+    )
+    for values in ([0.9, 0.45], [0.8, 0.3]):  # finished by "another driver"
+        study.add_trial(optuna.trial.create_trial(values=values, params={}, distributions={}))
+    space = SearchSpace.load(FAST_SPACE)
+    ctx = build_context(load_base(trained_base), 0.5, 0)
+
+    def searcher(trials: int) -> Any:
+        config = SearchConfig(trials=trials, executor="ray", budget_flops=0.5)
+        return _policy_searcher(study, space, ctx, config, None)  # type: ignore[arg-type]
+
+    assert searcher(2).suggest("a") == Searcher.FINISHED
+    assert study.get_trials()[-1].state is TrialState.COMPLETE, "no trial was asked for"
+    suggested = searcher(3).suggest("b")
+    assert isinstance(suggested, dict)
+    assert Policy.from_dict(suggested["policy"]).target_macs_ratio is not None
