@@ -376,6 +376,55 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("onnx")
+def cmd_onnx(args: argparse.Namespace) -> int:
+    from autoprune.budget import count_macs_params
+    from autoprune.deploy import ABS_TOLERANCE, REL_TOLERANCE, check_onnx, load_any_checkpoint
+
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch} must be >= 1")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats} must be >= 1")
+    _set_threads(args.threads)
+    model, inputs, kind = load_any_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    macs, params = count_macs_params(model, inputs)
+    report = check_onnx(model, inputs, out, batch=args.batch, repeats=args.repeats)
+    _print_table(
+        [
+            "onnx file",
+            "size MB",
+            "MACs",
+            "params",
+            "max |diff|",
+            "top-1 agree",
+            "torch ms",
+            "onnxruntime ms",
+        ],
+        [
+            (
+                report.path,
+                f"{report.size_bytes / 2**20:.2f}",
+                f"{macs / 1e6:.2f}M",
+                f"{params / 1e6:.3f}M",
+                f"{report.max_abs_diff:.2e}",
+                f"{report.top1_agreement:.3f}",
+                f"{report.torch_ms:.2f}",
+                f"{report.onnxruntime_ms:.2f}",
+            )
+        ],
+        title=f"ONNX check of the {kind} model (batch-1 median latency on {report.threads} CPU threads)",
+    )
+    if not report.matches:
+        print(
+            f"autoprune onnx: the exported model's logits differ from PyTorch's by {report.max_abs_diff:.3g} "
+            f"(allowed {ABS_TOLERANCE:g} + {REL_TOLERANCE:g} x {report.max_abs_logit:.3g}): do not ship {report.path}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -496,6 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-root")
+    p = sub.add_parser(
+        "onnx",
+        help="export a checkpoint to ONNX and check it under ONNX Runtime (needs the onnx extra)",
+    )
+    p.add_argument("checkpoint", help="a pruned checkpoint (replay --out) or a base checkpoint")
+    p.add_argument("--out", help="ONNX file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--batch", type=int, default=8, help="images compared with PyTorch (default 8)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per runtime (default 30)")
+    p.add_argument("--threads", type=int, help="CPU threads for both runtimes")
     return parser
 
 

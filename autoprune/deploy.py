@@ -1,0 +1,187 @@
+"""Deployment check: export a (pruned) checkpoint to ONNX and verify it under ONNX Runtime.
+
+Edge toolchains start from ONNX, so the last step before shipping a pruned model is to make
+sure the exported graph computes what the PyTorch model computes, and to see what the pruning
+bought in latency. :func:`check_onnx` exports with ``torch.onnx.export(dynamo=True)`` (a
+dynamic batch dimension), validates the file with ``onnx.checker``, runs it with ONNX Runtime
+on a fixed batch and compares logits with PyTorch, then times both at batch 1.
+
+Needs the ``onnx`` extra (``onnx``, ``onnxruntime``, ``onnxscript``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+
+# Export and runtime reorder float sums; differences beyond this are a broken export.
+ABS_TOLERANCE = 1e-4
+REL_TOLERANCE = 1e-4
+
+
+@dataclass
+class OnnxReport:
+    """What :func:`check_onnx` measured."""
+
+    path: Path
+    size_bytes: int
+    batch: int  # images compared
+    max_abs_diff: float  # max |logit_onnx - logit_torch| over the batch
+    max_abs_logit: float  # scale of the logits, for the relative tolerance
+    top1_agreement: float  # share of images whose arg-max class matches
+    torch_ms: float  # median latency at batch 1, PyTorch eager on CPU
+    onnxruntime_ms: float  # median latency at batch 1, ONNX Runtime CPU provider
+    threads: int
+
+    @property
+    def matches(self) -> bool:
+        return self.max_abs_diff <= ABS_TOLERANCE + REL_TOLERANCE * self.max_abs_logit
+
+
+def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]:
+    """(model in eval mode, one example input, a description) from a pruned or base checkpoint."""
+    from autoprune.base import BASE_FORMAT, load_base
+    from autoprune.replay import CHECKPOINT_FORMAT, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: give a file written by replay or train")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({exc})") from exc
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == CHECKPOINT_FORMAT:
+        loaded = load_checkpoint(path)
+        return loaded.model, loaded.policy.model.example_inputs(), "pruned"
+    if fmt == BASE_FORMAT:
+        base = load_base(path)
+        return base.build(), base.spec.example_inputs(), "base"
+    raise UserError(
+        f"{path} is neither a pruned checkpoint ({CHECKPOINT_FORMAT}) nor a base checkpoint "
+        f"({BASE_FORMAT}): give a file written by `autoprune replay` or `autoprune train`"
+    )
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's dynamo exporter imports it)
+    except ImportError as exc:
+        raise UserError(
+            f"the ONNX check needs the onnx extra ({exc.name} is missing): "
+            "pip install 'autoprune[onnx]'"
+        ) from exc
+    return onnx, onnxruntime
+
+
+def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path) -> Path:
+    """Export ``model`` to ``out`` with a dynamic batch dimension (input ``input``, output ``logits``)."""
+    _require_onnx()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # A batch of 2 so the exporter does not specialise the batch dimension to 1.
+    inputs = example_inputs[:1].expand(2, *example_inputs.shape[1:]).contiguous()
+    chatter = io.StringIO()  # the exporter reports its progress on stdout
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (inputs,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"torch.onnx.export cannot export this model ({type(exc).__name__}: {first}); "
+            "an operation in it has no ONNX translation or is not traceable by torch.export"
+        ) from exc
+    if program is None:  # pragma: no cover - dynamo=True always returns the program
+        raise RuntimeError("torch.onnx.export returned no program")
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    program.save(str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def _median_ms(run: Any, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def check_onnx(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    out: str | Path,
+    *,
+    batch: int = 8,
+    repeats: int = 30,
+    seed: int = 0,
+) -> OnnxReport:
+    """Export ``model`` to ONNX, compare ONNX Runtime's logits with PyTorch's, time both.
+
+    Args:
+        model: the model to ship (a pruned checkpoint's model, or any ``nn.Module``).
+        example_inputs: one input of the model's shape (its batch size is ignored).
+        out: where the ``.onnx`` file goes.
+        batch: images in the comparison batch (seeded standard-normal inputs).
+        repeats: timed runs per runtime at batch 1 (the median is reported).
+    """
+    onnx, onnxruntime = _require_onnx()
+    path = export_onnx(model, example_inputs, out)
+    onnx.checker.check_model(str(path), full_check=True)
+    threads = torch.get_num_threads()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, *example_inputs.shape[1:]), generator=generator)
+    model = model.eval().cpu()
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+    if got.shape != expected.shape:
+        raise RuntimeError(
+            f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(expected.shape)}"
+        )
+    one = x[:1]
+    one_np = one.numpy()
+    with torch.no_grad():
+        torch_ms = _median_ms(lambda: model(one), repeats)
+    ort_ms = _median_ms(lambda: session.run(["logits"], {"input": one_np}), repeats)
+    return OnnxReport(
+        path=path,
+        size_bytes=path.stat().st_size,
+        batch=batch,
+        max_abs_diff=float((got - expected).abs().max()),
+        max_abs_logit=float(expected.abs().max()),
+        top1_agreement=float((got.argmax(1) == expected.argmax(1)).float().mean()),
+        torch_ms=torch_ms,
+        onnxruntime_ms=ort_ms,
+        threads=threads,
+    )
