@@ -159,6 +159,9 @@ def test_two_drivers_share_one_study_without_clobbering_each_other(
     trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials()
     states = [t.state for t in trials]
     assert TrialState.RUNNING not in states
-    assert TrialState.FAIL not in states, "a live driver's trial was taken for a crashed one"
+    # A sampled policy may fail on its own (an unreachable target); what must never happen is
+    # one driver taking the other's running trial for a crashed one.
+    recovered = [t.number for t in trials if "autoprune.retry_of" in t.user_attrs]
+    assert not recovered, f"trials {recovered} re-run: a live driver's trial was recovered"
     assert 4 <= states.count(TrialState.COMPLETE) <= 5
     assert len({t.number for t in trials}) == len(trials)
