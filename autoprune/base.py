@@ -37,7 +37,9 @@ def studies_dir() -> Path:
 
 
 def default_base_path(model: str, dataset: str) -> Path:
-    safe = f"{model}-{dataset}".replace("/", "_").replace(":", "_")
+    from autoprune.data import canonical_name
+
+    safe = f"{model}-{canonical_name(dataset)}".replace("/", "_").replace(":", "_")
     return studies_dir() / "base" / f"{safe}.pt"
 
 

@@ -379,17 +379,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
 @verb("onnx")
 def cmd_onnx(args: argparse.Namespace) -> int:
     from autoprune.budget import count_macs_params
-    from autoprune.deploy import ABS_TOLERANCE, REL_TOLERANCE, check_onnx, load_any_checkpoint
+    from autoprune.deploy import (
+        ABS_TOLERANCE,
+        REL_TOLERANCE,
+        OnnxCheckError,
+        check_onnx,
+        load_any_checkpoint,
+    )
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be >= 1")
     if args.batch < 1:
         raise UserError(f"--batch {args.batch} must be >= 1")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats} must be >= 1")
     _set_threads(args.threads)
-    model, inputs, kind = load_any_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    if out.resolve() == Path(args.checkpoint).resolve():
+        raise UserError(f"--out {out} is the checkpoint itself: choose another file name")
+    model, inputs, kind = load_any_checkpoint(args.checkpoint)
     macs, params = count_macs_params(model, inputs)
-    report = check_onnx(model, inputs, out, batch=args.batch, repeats=args.repeats)
+    try:
+        report = check_onnx(model, inputs, out, batch=args.batch, repeats=args.repeats)
+    except OnnxCheckError as exc:
+        print(f"autoprune onnx: {exc}; nothing written to {out}", file=sys.stderr)
+        return 1
     _print_table(
         [
             "onnx file",
@@ -403,7 +417,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         ],
         [
             (
-                report.path,
+                report.path if report.matches else f"{out} (not written)",
                 f"{report.size_bytes / 2**20:.2f}",
                 f"{macs / 1e6:.2f}M",
                 f"{params / 1e6:.3f}M",
@@ -418,7 +432,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     if not report.matches:
         print(
             f"autoprune onnx: the exported model's logits differ from PyTorch's by {report.max_abs_diff:.3g} "
-            f"(allowed {ABS_TOLERANCE:g} + {REL_TOLERANCE:g} x {report.max_abs_logit:.3g}): do not ship {report.path}",
+            f"(allowed {ABS_TOLERANCE:g} + {REL_TOLERANCE:g} x {report.max_abs_logit:.3g}); nothing written to {out}",
             file=sys.stderr,
         )
         return 1

@@ -18,6 +18,7 @@ Names:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,9 @@ def canonical_name(name: str) -> str:
     replayed from another working directory.
     """
     if name.startswith("imagefolder:"):
-        return "imagefolder:" + str(Path(name.split(":", 1)[1]).expanduser().resolve())
+        # abspath, not resolve(): a symlinked data folder keeps the name users (and other
+        # hosts of a shared study) know it by.
+        return "imagefolder:" + os.path.abspath(os.path.expanduser(name.split(":", 1)[1]))
     return name
 
 

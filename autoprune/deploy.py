@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import statistics
 import time
 import warnings
@@ -87,16 +88,26 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
+class OnnxCheckError(Exception):
+    """The exported file is not a usable ONNX model (checker or runtime rejected it)."""
+
+
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path) -> Path:
-    """Export ``model`` to ``out`` with a dynamic batch dimension (input ``input``, output ``logits``)."""
+    """Export ``model`` to ``out`` with a dynamic batch dimension (input ``input``, output ``logits``).
+
+    The model is exported on the CPU in eval mode; its device and mode are restored afterwards.
+    """
     _require_onnx()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     # A batch of 2 so the exporter does not specialise the batch dimension to 1.
-    inputs = example_inputs[:1].expand(2, *example_inputs.shape[1:]).contiguous()
-    chatter = io.StringIO()  # the exporter reports its progress on stdout
+    inputs = example_inputs[:1].cpu().expand(2, *example_inputs.shape[1:]).contiguous()
+    chatter = io.StringIO()  # the exporter reports its progress (and diagnoses) on stdout
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval().cpu()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
@@ -109,17 +120,22 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path)
                 dynamic_shapes=({0: batch},),
                 verbose=False,
             )
+        if program is None:  # pragma: no cover - dynamo=True always returns the program
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.save(str(tmp))
+        os.replace(tmp, out)
     except Exception as exc:
+        tmp.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        said = [line for line in chatter.getvalue().splitlines() if line.strip()][-3:]
         raise UserError(
-            f"torch.onnx.export cannot export this model ({type(exc).__name__}: {first}); "
-            "an operation in it has no ONNX translation or is not traceable by torch.export"
+            f"torch.onnx.export (torch {torch.__version__}) cannot export this model "
+            f"({type(exc).__name__}: {first})"
+            + (f"; the exporter said: {' | '.join(said)}" if said else "")
+            + "; an operation in it may have no ONNX translation or not be traceable by torch.export"
         ) from exc
-    if program is None:  # pragma: no cover - dynamo=True always returns the program
-        raise RuntimeError("torch.onnx.export returned no program")
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    program.save(str(tmp))
-    tmp.replace(out)
+    finally:
+        model.train(was_training).to(device)
     return out
 
 
@@ -145,35 +161,81 @@ def check_onnx(
 ) -> OnnxReport:
     """Export ``model`` to ONNX, compare ONNX Runtime's logits with PyTorch's, time both.
 
+    The export is checked under a temporary name and moved to ``out`` only when its logits
+    match (``report.matches``): a rejected export never sits where a pipeline would ship it.
+
     Args:
         model: the model to ship (a pruned checkpoint's model, or any ``nn.Module``).
         example_inputs: one input of the model's shape (its batch size is ignored).
         out: where the ``.onnx`` file goes.
         batch: images in the comparison batch (seeded standard-normal inputs).
         repeats: timed runs per runtime at batch 1 (the median is reported).
+
+    Raises:
+        UserError: the model cannot be exported, or the onnx extra is missing.
+        OnnxCheckError: ``onnx.checker`` or ONNX Runtime rejected the exported file.
     """
     onnx, onnxruntime = _require_onnx()
-    path = export_onnx(model, example_inputs, out)
-    onnx.checker.check_model(str(path), full_check=True)
+    out = Path(out)
+    candidate = export_onnx(
+        model, example_inputs, out.with_name(f".{out.name}.{os.getpid()}.check")
+    )
+    try:
+        report = _compare(onnx, onnxruntime, model, candidate, example_inputs, batch, repeats, seed)
+        if report.matches:
+            os.replace(candidate, out)
+            report.path = out
+        return report
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def _compare(
+    onnx: Any,
+    onnxruntime: Any,
+    model: nn.Module,
+    path: Path,
+    example_inputs: torch.Tensor,
+    batch: int,
+    repeats: int,
+    seed: int,
+) -> OnnxReport:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise OnnxCheckError(f"onnx.checker rejected the export: {exc}") from exc
     threads = torch.get_num_threads()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise OnnxCheckError(f"ONNX Runtime cannot load the export: {exc}") from exc
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *example_inputs.shape[1:]), generator=generator)
-    model = model.eval().cpu()
-    with torch.no_grad():
-        expected = model(x)
-    got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
-    if got.shape != expected.shape:
-        raise RuntimeError(
-            f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(expected.shape)}"
-        )
-    one = x[:1]
-    one_np = one.numpy()
-    with torch.no_grad():
-        torch_ms = _median_ms(lambda: model(one), repeats)
-    ort_ms = _median_ms(lambda: session.run(["logits"], {"input": one_np}), repeats)
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval().cpu()
+    try:
+        with torch.no_grad():
+            expected = model(x)
+        try:
+            got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+        except Exception as exc:
+            raise OnnxCheckError(f"ONNX Runtime failed to run the export: {exc}") from exc
+        if got.shape != expected.shape:
+            raise OnnxCheckError(
+                f"the export returns logits of shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}"
+            )
+        one = x[:1]
+        one_np = one.numpy()
+        with torch.no_grad():
+            torch_ms = _median_ms(lambda: model(one), repeats)
+        ort_ms = _median_ms(lambda: session.run(["logits"], {"input": one_np}), repeats)
+    finally:
+        model.train(was_training).to(device)
     return OnnxReport(
         path=path,
         size_bytes=path.stat().st_size,

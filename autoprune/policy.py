@@ -23,6 +23,7 @@ criteria) is :meth:`Policy.validate_against`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,12 @@ class Policy:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.to_yaml())
+        """Write the YAML atomically: a reader (or a second writer) never sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_yaml())
+        os.replace(tmp, path)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> Policy:

@@ -211,6 +211,15 @@ def search(
         config = replace(config, data_root=str(Path(config.data_root).resolve()))
     name = studies.study_name_for(config)
     study = studies.create_or_load(storage, name, config, sampler)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        # A sampler restarted with the seed it began with would draw the very parameters of
+        # the study's first trials again (all of them for `random`, the start-up ones for the
+        # others), and a second driver of a shared study would copy the first. Offsetting the
+        # seed by the trials already stored keeps runs reproducible and new draws new.
+        study.sampler = make_sampler(
+            config.sampler, config.seed + existing, config.trials, config.max_concurrent > 1
+        )
     studies.save_config(study, config)
     studies.recover_stale_trials(study, log)
     ctx = _space_context(space, base, config, log)

@@ -114,10 +114,14 @@ def create_or_load(
 
 
 def _check_same_search(name: str, stored: SearchConfig, config: SearchConfig) -> None:
+    from autoprune.data import canonical_name
+
     for key in ("model", "dataset", "budget_flops", "space"):
         a, b = getattr(stored, key), getattr(config, key)
         if key == "space":
             a, b = Path(a).stem, Path(b).stem
+        elif key == "dataset":  # studies made before dataset paths were stored absolute
+            a, b = canonical_name(a), canonical_name(b)
         if a != b:
             raise UserError(
                 f"study '{name}' was created with {key}={getattr(stored, key)!r}, not {getattr(config, key)!r}: "
@@ -299,7 +303,7 @@ def export_front(study: optuna.Study, out_dir: Path) -> list[Path]:
     front = pareto_front(study)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("trial-*.yaml"):
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # another driver of a shared study may export at once
     written = []
     for point in front:
         path = out_dir / f"trial-{point.number:04d}.yaml"
@@ -315,7 +319,9 @@ def export_front(study: optuna.Study, out_dir: Path) -> list[Path]:
     }  # fmt: skip
     import yaml
 
-    (out_dir / "front.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    tmp = out_dir / f".front.yaml.{os.getpid()}.tmp"
+    tmp.write_text(yaml.safe_dump(summary, sort_keys=False))
+    os.replace(tmp, out_dir / "front.yaml")
     plot_front(study, out_dir / "front.png")
     return written
 
@@ -353,5 +359,7 @@ def plot_front(study: optuna.Study, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
     plt.close(fig)

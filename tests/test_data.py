@@ -314,3 +314,15 @@ def test_imagefolder_names_are_stored_with_an_absolute_path(
     # The default study name carries the folder's name, not its whole path.
     config = SearchConfig(model="resnet20", dataset=name, budget_flops=0.5)
     assert study_name_for(config).startswith("resnet20-imagefolder-pets-")
+
+
+def test_train_and_search_agree_on_the_cached_base_of_an_imagefolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --dataset imagefolder:pets` caches the base where `search` looks for it."""
+    from autoprune.base import default_base_path
+
+    monkeypatch.chdir(tmp_path)
+    relative = default_base_path("resnet20", "imagefolder:pets")
+    absolute = default_base_path("resnet20", f"imagefolder:{tmp_path / 'pets'}")
+    assert relative == absolute

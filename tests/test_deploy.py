@@ -99,11 +99,14 @@ def test_cli_refuses_to_bless_a_mismatching_export(
 ) -> None:
     import autoprune.deploy as deploy
 
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"a previously checked export")
     monkeypatch.setattr(deploy, "ABS_TOLERANCE", -1.0)  # nothing can match
-    assert (
-        main(["onnx", str(trained_base), "--out", str(tmp_path / "m.onnx"), "--repeats", "1"]) == 1
-    )
-    assert "do not ship" in capsys.readouterr().err
+    assert main(["onnx", str(trained_base), "--out", str(out), "--repeats", "1"]) == 1
+    assert f"nothing written to {out}" in capsys.readouterr().err
+    # The rejected export is neither shipped nor left lying around; the old file is untouched.
+    assert out.read_bytes() == b"a previously checked export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +114,8 @@ def test_cli_refuses_to_bless_a_mismatching_export(
     [
         (["missing.pt"], "does not exist"),
         (["--batch", "0", "x.pt"], "--batch 0 must be >= 1"),
+        (["--threads", "0", "x.pt"], "--threads 0 must be >= 1"),
+        (["x.pt", "--out", "x.pt"], "is the checkpoint itself"),
     ],
 )
 def test_cli_bad_input_exits_2(
@@ -137,9 +142,25 @@ class _DataDependent(nn.Module):
 
 
 def test_an_unexportable_model_is_a_user_error(tmp_path: Path) -> None:
+    model = _DataDependent().train()
     with pytest.raises(UserError, match="cannot export this model"):
-        export_onnx(_DataDependent(), torch.randn(1, 1, 2, 2), tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+        export_onnx(model, torch.randn(1, 1, 2, 2), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == [], "no partial file is left behind"
+    assert model.training, "the caller's model keeps its mode"
+
+
+def test_a_file_rejected_by_onnx_runtime_is_a_check_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoprune.deploy import OnnxCheckError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no provider for this graph")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with pytest.raises(OnnxCheckError, match="ONNX Runtime cannot load"):
+        check_onnx(nn.Flatten(), torch.randn(1, 1, 2, 2), tmp_path / "m.onnx", repeats=1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_onnx_extra_says_how_to_install(

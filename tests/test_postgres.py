@@ -143,19 +143,32 @@ def test_two_drivers_share_one_study_without_clobbering_each_other(
         "--quiet", "--cpus-per-trial", "1",
     ]  # fmt: skip
     env = {**os.environ, "AUTOPRUNE_HOME": str(tmp_path / "studies")}
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    # The second driver joins once the study exists (creating it is not meant to race).
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            optuna.load_study(study_name="shared", storage=postgres_url)
-            break
-        except KeyError:
-            time.sleep(0.5)
-    second = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    for proc in (first, second):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(name: str) -> None:
+        cwd = tmp_path / name  # each driver exports its own policies/ folder
+        cwd.mkdir()
+        procs.append(subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True))
+
+    try:
+        start("first")
+        # The second driver joins once the study exists (creating it is not meant to race).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and procs[0].poll() is None:
+            try:
+                optuna.load_study(study_name="shared", storage=postgres_url)
+                break
+            except KeyError:
+                time.sleep(0.5)
+        start("second")
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials()
     states = [t.state for t in trials]
     assert TrialState.RUNNING not in states
@@ -165,3 +178,6 @@ def test_two_drivers_share_one_study_without_clobbering_each_other(
     assert not recovered, f"trials {recovered} re-run: a live driver's trial was recovered"
     assert 4 <= states.count(TrialState.COMPLETE) <= 5
     assert len({t.number for t in trials}) == len(trials)
+    # The second driver's sampler does not replay the first one's draws.
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params), "two trials evaluated the same parameters"

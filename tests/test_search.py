@@ -293,3 +293,35 @@ def test_ray_searcher_stops_once_another_driver_finished_the_study(
     suggested = searcher(3).suggest("b")
     assert isinstance(suggested, dict)
     assert Policy.from_dict(suggested["policy"]).target_macs_ratio is not None
+
+
+def test_resumed_search_draws_new_parameters(trained_base: Path, workdir: Path) -> None:
+    """A restarted sampler must not replay the draws the study already evaluated."""
+    db = workdir / "s.db"
+    assert main(_search_args(trained_base, db, 2, "--sampler", "random")) == 0
+    assert main(_search_args(trained_base, db, 4, "--sampler", "random")) == 0
+    params = [tuple(sorted(t.params.items())) for t in _trials(db)]
+    assert len(params) == 4 and len(set(params)) == 4
+
+
+def test_local_driver_stops_when_the_shared_study_is_already_full(
+    trained_base: Path, workdir: Path
+) -> None:
+    from autoprune.base import load_base
+    from autoprune.config import SearchConfig
+    from autoprune.objective import ObjectiveConfig
+    from autoprune.runner import Progress, _run_local
+    from autoprune.space import SearchSpace, build_context
+
+    study = optuna.create_study(
+        study_name="t", storage=f"sqlite:///{workdir / 's.db'}", directions=["maximize", "minimize"]
+    )
+    for values in ([0.9, 0.45], [0.8, 0.3]):  # finished by "another driver" meanwhile
+        study.add_trial(optuna.trial.create_trial(values=values, params={}, distributions={}))
+    config = SearchConfig(trials=2, executor="local", budget_flops=0.5)
+    ctx = build_context(load_base(trained_base), 0.5, 0)
+    objective = ObjectiveConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
+    with Progress(2, 2, 0.5, 1, quiet=True) as progress:
+        # This driver still thinks 3 trials are missing: it must ask for none.
+        _run_local(study, SearchSpace.load(FAST_SPACE), ctx, objective, config, 3, progress)
+    assert len(study.get_trials()) == 2
