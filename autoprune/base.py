@@ -102,23 +102,31 @@ def save_base(
     return sha
 
 
-def load_base(path: str | Path) -> BaseCheckpoint:
+def read_torch_file(path: Path, label: str, missing_hint: str) -> Any:
+    """``torch.load(weights_only=True)`` of a checkpoint file, with one-line errors naming ``label``."""
+    if not path.is_file():
+        raise UserError(f"{label} {path} does not exist: {missing_hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"{label} {path} cannot be read ({exc}); it is not a torch file or is damaged"
+        ) from exc
+
+
+def load_base(path: str | Path, payload: Any = None) -> BaseCheckpoint:
     """Load a base checkpoint with ``weights_only=True`` and verify its hash.
+
+    ``payload`` is the file's content when the caller has read it already.
 
     Raises:
         UserError: the file is missing, not an autoprune base checkpoint, or corrupted.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"base checkpoint {path} does not exist: train one with `autoprune train` or fix --base-checkpoint"
+    if payload is None:
+        payload = read_torch_file(
+            path, "base checkpoint", "train one with `autoprune train` or fix --base-checkpoint"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"base checkpoint {path} cannot be read ({exc}); it is not a torch file or is damaged"
-        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != BASE_FORMAT:
         raise UserError(
             f"{path} is not an autoprune base checkpoint (expected format {BASE_FORMAT})"

@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,27 +53,36 @@ class OnnxReport:
 
 def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]:
     """(model in eval mode, one example input, a description) from a pruned or base checkpoint."""
-    from autoprune.base import BASE_FORMAT, load_base
+    from autoprune.base import BASE_FORMAT, load_base, read_torch_file
     from autoprune.replay import CHECKPOINT_FORMAT, load_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: give a file written by replay or train")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({exc})") from exc
+    payload = read_torch_file(
+        path, "checkpoint", "give a file written by `autoprune replay` or `autoprune train`"
+    )  # read once; the loaders below take the payload
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt == CHECKPOINT_FORMAT:
-        loaded = load_checkpoint(path)
+        loaded = load_checkpoint(path, payload)
         return loaded.model, loaded.policy.model.example_inputs(), "pruned"
     if fmt == BASE_FORMAT:
-        base = load_base(path)
+        base = load_base(path, payload)
         return base.build(), base.spec.example_inputs(), "base"
     raise UserError(
         f"{path} is neither a pruned checkpoint ({CHECKPOINT_FORMAT}) nor a base checkpoint "
         f"({BASE_FORMAT}): give a file written by `autoprune replay` or `autoprune train`"
     )
+
+
+@contextlib.contextmanager
+def _on_cpu_in_eval(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` on the CPU in eval mode, then give it back as it was (mode and device)."""
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval().cpu()
+    try:
+        yield
+    finally:
+        model.train(was_training).to(device)
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -105,11 +115,12 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path)
     inputs = example_inputs[:1].cpu().expand(2, *example_inputs.shape[1:]).contiguous()
     chatter = io.StringIO()  # the exporter reports its progress (and diagnoses) on stdout
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval().cpu()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+        with (
+            _on_cpu_in_eval(model),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(chatter),
+        ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
@@ -134,8 +145,6 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path)
             + (f"; the exporter said: {' | '.join(said)}" if said else "")
             + "; an operation in it may have no ONNX translation or not be traceable by torch.export"
         ) from exc
-    finally:
-        model.train(was_training).to(device)
     return out
 
 
@@ -215,10 +224,7 @@ def _compare(
         raise OnnxCheckError(f"ONNX Runtime cannot load the export: {exc}") from exc
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *example_inputs.shape[1:]), generator=generator)
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval().cpu()
-    try:
+    with _on_cpu_in_eval(model):
         with torch.no_grad():
             expected = model(x)
         try:
@@ -234,8 +240,6 @@ def _compare(
         with torch.no_grad():
             torch_ms = _median_ms(lambda: model(one), repeats)
         ort_ms = _median_ms(lambda: session.run(["logits"], {"input": one_np}), repeats)
-    finally:
-        model.train(was_training).to(device)
     return OnnxReport(
         path=path,
         size_bytes=path.stat().st_size,

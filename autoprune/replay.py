@@ -62,21 +62,20 @@ class LoadedCheckpoint:
     history: list[list[Any]]
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, payload: Any = None) -> LoadedCheckpoint:
     """Rebuild a pruned model from a checkpoint written by :func:`save_checkpoint`.
+
+    ``payload`` is the file's content when the caller has read it already.
 
     Raises:
         UserError: the file is missing, not a pruned autoprune checkpoint, or does not fit.
     """
+    from autoprune.base import read_torch_file
     from autoprune.prune import replay_history
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({exc})") from exc
+    if payload is None:
+        payload = read_torch_file(path, "checkpoint", "give a file written by `autoprune replay`")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{path} is not a pruned autoprune checkpoint (expected format {CHECKPOINT_FORMAT})"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,18 +49,13 @@ def test_help_lists_the_verbs(autoprune_cli: RunCli) -> None:
     assert no_verb.returncode == 0 and "usage: autoprune" in no_verb.stdout
 
 
-def test_models_lists_the_registry(autoprune_cli: RunCli) -> None:
-    proc = autoprune_cli("models")
+@pytest.mark.parametrize(("verb", "registry"), [("models", models), ("datasets", data)])
+def test_listing_verbs_print_their_registry(
+    autoprune_cli: RunCli, verb: str, registry: Any
+) -> None:
+    proc = autoprune_cli(verb)
     assert proc.returncode == 0, proc.stderr
-    for name, description in models.describe():
-        assert name in proc.stdout
-        assert description[:30] in proc.stdout
-
-
-def test_datasets_lists_the_registry(autoprune_cli: RunCli) -> None:
-    proc = autoprune_cli("datasets")
-    assert proc.returncode == 0, proc.stderr
-    for name, description in data.describe():
+    for name, description in registry.describe():
         assert name in proc.stdout
         assert description[:30] in proc.stdout
 

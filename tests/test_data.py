@@ -231,25 +231,18 @@ def test_imagefolder_with_train_val_test_uses_each_folder(tmp_path: Path) -> Non
     assert splits.val[0][0].shape == (3, 8, 8)
 
 
-def test_imagefolder_with_train_and_test_carves_val_from_train(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_out", ["test", "val"])
+def test_imagefolder_with_one_held_out_folder_tests_on_it_and_validates_on_train(
+    tmp_path: Path, held_out: str
+) -> None:
+    """train/ + test/, or train/ + val/ only (ImageNet: the published val set is the test split)."""
     root = tmp_path / "pets"
     write_images(root / "train", per_class=10, seed=0)
-    write_images(root / "test", per_class=2, seed=2)
+    write_images(root / held_out, per_class=2, seed=1)
     splits = data.create(f"imagefolder:{root}", image_size=8)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (27, 3, 6)
     assert_val_carved_from_train(splits)
-    assert Path(splits.test.base.root).name == "test"  # type: ignore[attr-defined]
-
-
-def test_imagefolder_imagenet_layout_tests_on_val_and_validates_on_train(tmp_path: Path) -> None:
-    """train/ + val/ only (ImageNet): the published val set is the test split."""
-    root = tmp_path / "pets"
-    write_images(root / "train", per_class=10, seed=0)
-    write_images(root / "val", per_class=2, seed=1)
-    splits = data.create(f"imagefolder:{root}", image_size=8)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (27, 3, 6)
-    assert_val_carved_from_train(splits)
-    assert Path(splits.test.base.root).name == "val"  # type: ignore[attr-defined]
+    assert Path(splits.test.base.root).name == held_out  # type: ignore[attr-defined]
 
 
 def test_imagefolder_test_split_without_a_class_keeps_the_training_labels(
