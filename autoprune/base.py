@@ -12,7 +12,6 @@ to a base model by this hash.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.files import read_torch_file, save_torch, studies_dir
 from autoprune.models import ModelSpec
 
 BASE_FORMAT = "autoprune.base/1"
@@ -29,11 +29,6 @@ BASE_FORMAT = "autoprune.base/1"
 DEFAULT_MODEL = "resnet20"
 DEFAULT_DATASET = "mnist5k"
 DEFAULT_BASE_EPOCHS = 4.0
-
-
-def studies_dir() -> Path:
-    """Where databases, base checkpoints and caches live: $AUTOPRUNE_HOME or ./studies."""
-    return Path(os.environ.get("AUTOPRUNE_HOME", "studies"))
 
 
 def default_base_path(model: str, dataset: str) -> Path:
@@ -95,23 +90,8 @@ def save_base(
         "train": dict(train or {}),
         "sha256": sha,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_torch(path, payload)
     return sha
-
-
-def read_torch_file(path: Path, label: str, missing_hint: str) -> Any:
-    """``torch.load(weights_only=True)`` of a checkpoint file, with one-line errors naming ``label``."""
-    if not path.is_file():
-        raise UserError(f"{label} {path} does not exist: {missing_hint}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"{label} {path} cannot be read ({exc}); it is not a torch file or is damaged"
-        ) from exc
 
 
 def load_base(path: str | Path, payload: Any = None) -> BaseCheckpoint:
@@ -162,8 +142,15 @@ def train_base(
 ) -> BaseCheckpoint:
     """Train a model from scratch on a dataset and save it as a base checkpoint."""
     from autoprune import data, models
-    from autoprune.budget import count_macs_params
-    from autoprune.train import TrainConfig, evaluate, fit, seed_everything, select_device
+    from autoprune.macs import count_macs_params
+    from autoprune.train import (
+        Retrain,
+        TrainConfig,
+        evaluate,
+        fit,
+        seed_everything,
+        select_device,
+    )
 
     models.check_name(model_name)  # before loading data: a typo should not cost a dataset load
     dataset_name = data.canonical_name(dataset_name)
@@ -174,7 +161,7 @@ def train_base(
         model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0]
     )
     spec = ModelSpec(model_name, splits.num_classes, splits.input_shape)
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4)
+    config = TrainConfig(Retrain(epochs=epochs, lr=lr), batch_size=batch_size, weight_decay=5e-4)
     log(f"training {model_name} on {dataset_name} for {epochs:g} epochs on {dev}")
     fit(model, splits.train, config, dev, seed=seed, log=log, val=splits.val)
     val = evaluate(model, splits.val, dev)

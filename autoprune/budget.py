@@ -1,29 +1,25 @@
-"""MACs/params counting and projection of a policy onto its MACs budget.
-
-Counting uses ``torch_pruning.utils.count_ops_and_params`` (multiply-accumulates of conv and
-linear layers plus one operation per element of BN, activation and pooling layers): this is
-what "MACs" means everywhere in autoprune.
+"""Budget projection: scale a policy's rates so its pruned model lands on its MACs target.
 
 Projection turns raw per-group rates (what a sampler proposes) into rates whose pruned model
 hits ``target_macs_ratio``. Rates are scaled by one multiplier found by bisection, capped per
 group, and a final walk removes one channel at a time in the order the scaling would reach
-them, so the result lands at most one channel's worth of MACs under the target. The MACs of
-a candidate are computed analytically from the layer-wise counts of the unpruned model (conv
-and linear MACs scale with kept inputs x kept outputs, element-wise layers with the kept
-channels of the tensor they read), so projection costs no forward pass per candidate.
+them, so the result lands at most one channel's worth of MACs under the target. Candidates are
+counted by the analytic :class:`~autoprune.macs.MacsModel`, so projection costs no forward pass
+per candidate.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
+from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
+from autoprune.groups import channels_to_remove
+from autoprune.macs import MacsModel, count_macs_params
 from autoprune.policy import GroupPolicy, Policy
 
 DEFAULT_TOLERANCE = 0.01  # |achieved - target| MACs ratio
@@ -35,168 +31,6 @@ REFINE_GAP = 0.002
 RATE_DECIMALS = 6
 # Positive raw rates are floored to this (see ``project_to_budget``).
 MIN_POSITIVE_RATE = 1e-9
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """(MACs, parameters) of ``model`` for one forward pass of ``example_inputs``."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    model.train(was_training)
-    return int(macs), int(params)
-
-
-@dataclass
-class _Layer:
-    macs: float
-    kind: str  # "bilinear" (conv/linear), "depthwise", "elementwise"
-    out_groups: list[int]  # indices of groups that remove this layer's output channels
-    in_groups: list[int]
-    out_channels: int
-    in_channels: int
-
-
-class MacsModel:
-    """Analytic MACs of ``model`` as a function of how many channels each group loses."""
-
-    def __init__(
-        self, model: nn.Module, example_inputs: torch.Tensor, base_macs: float | None = None
-    ) -> None:
-        from autoprune.prune import build_graph, current_groups, view_of
-
-        graph = build_graph(model, example_inputs)
-        groups = current_groups(model, graph)
-        self.group_names = list(groups)
-        self.channels = [len(g[0].idxs) for g in groups.values()]
-        index = {name: i for i, name in enumerate(self.group_names)}
-        out_of: dict[nn.Module, list[int]] = {}
-        in_of: dict[nn.Module, list[int]] = {}
-        for name, group in groups.items():
-            for member in view_of(name, group, graph).members:
-                target = out_of if member.is_out else in_of
-                if index[name] not in target.setdefault(member.module, []):
-                    target[member.module].append(index[name])
-        model.eval()
-        total, self.params, layer_macs, _ = tp.utils.count_ops_and_params(
-            model, example_inputs, layer_wise=True
-        )
-        self.total = float(total)
-        self.base_macs = float(base_macs) if base_macs is not None else self.total
-        owners = _elementwise_owners(model, example_inputs, out_of)
-        self.layers: list[_Layer] = []
-        modeled = 0.0
-        for module in model.modules():
-            if next(module.children(), None) is not None:
-                continue
-            macs = float(layer_macs.get(module) or 0.0)
-            if macs == 0.0:
-                continue
-            if (
-                isinstance(module, nn.Conv2d)
-                and module.groups > 1
-                and module.groups == module.in_channels
-            ):
-                layer = _Layer(
-                    macs,
-                    "depthwise",
-                    out_of.get(module, []) or in_of.get(module, []),
-                    [],
-                    module.out_channels,
-                    0,
-                )
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                cin = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-                cout = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-                layer = _Layer(
-                    macs, "bilinear", out_of.get(module, []), in_of.get(module, []), cout, cin
-                )
-            elif module in out_of:
-                layer = _Layer(macs, "depthwise", out_of[module], [], _channels_of(module), 0)
-            elif module in owners:
-                layer = _Layer(macs, "depthwise", owners[module][0], [], owners[module][1], 0)
-            else:
-                continue
-            modeled += macs
-            self.layers.append(layer)
-        self.unmodeled = self.total - modeled
-
-    def macs(self, removed: list[int]) -> float:
-        """MACs after removing ``removed[i]`` channels from group ``i``."""
-        total = self.unmodeled
-        for layer in self.layers:
-            out_keep = (
-                1.0 - sum(removed[g] for g in layer.out_groups) / layer.out_channels
-                if layer.out_groups
-                else 1.0
-            )
-            if layer.kind == "bilinear" and layer.in_groups:
-                in_keep = 1.0 - sum(removed[g] for g in layer.in_groups) / layer.in_channels
-            else:
-                in_keep = 1.0
-            total += layer.macs * out_keep * in_keep
-        return total
-
-    def ratio(self, removed: list[int]) -> float:
-        return self.macs(removed) / self.base_macs
-
-
-def _channels_of(module: nn.Module) -> int:
-    for attr in ("num_features", "out_channels", "out_features", "normalized_shape"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, tuple) and value:
-            return int(value[0])
-    return 0
-
-
-def _elementwise_owners(
-    model: nn.Module, example_inputs: torch.Tensor, out_of: dict[nn.Module, list[int]]
-) -> dict[nn.Module, tuple[list[int], int]]:
-    """For parameter-free layers (ReLU, pooling, ...), the groups that set their channel count.
-
-    A layer reading a tensor produced by a grouped layer inherits that layer's groups; one
-    reading a tensor we did not see produced (e.g. a residual sum) inherits from the most
-    recent tensor of the same shape, which is the sum's operand in residual networks.
-    """
-    owner_by_tensor: dict[int, list[int]] = {}
-    # Every tensor whose id is a key above stays referenced here until the pass ends: a freed
-    # tensor's id can be reused by a later one, which would then inherit the wrong groups
-    # (and make the analytic count depend on the allocator's history).
-    alive: list[torch.Tensor] = []
-    recent: list[tuple[tuple[int, ...], list[int]]] = []
-    owners: dict[nn.Module, tuple[list[int], int]] = {}
-
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
-            return
-        if module in out_of:
-            groups = out_of[module]
-        elif inputs and isinstance(inputs[0], torch.Tensor):
-            x = inputs[0]
-            groups = owner_by_tensor.get(id(x)) or next(
-                (g for shape, g in reversed(recent) if shape == tuple(x.shape)), []
-            )
-            if groups and x.dim() >= 2:
-                owners[module] = (groups, int(x.shape[1]))
-        else:
-            return
-        if groups:
-            alive.append(output)
-            owner_by_tensor[id(output)] = groups
-            recent.append((tuple(output.shape), groups))
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        alive.clear()
-    return {m: o for m, o in owners.items() if not isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 def project_to_budget(
@@ -234,8 +68,6 @@ def project_to_budget(
     inputs = example_inputs if example_inputs is not None else policy.model.example_inputs()
     if macs_model is None and policy.depth.drop_blocks:
         # Channel rates apply to the model left after block removal; ratios stay relative to the base.
-        from autoprune.depth import drop_blocks
-
         if base_macs is None:
             base_macs = float(count_macs_params(model, inputs)[0])
         model = drop_blocks(copy.deepcopy(model), policy.depth.drop_blocks, inputs)
@@ -394,8 +226,6 @@ def _refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) -
 
 def removed_counts(policy: Policy, macs_model: MacsModel) -> list[int]:
     """Channels each group of ``macs_model`` loses under ``policy`` (same rounding as ``prune``)."""
-    from autoprune.prune import channels_to_remove
-
     return [
         channels_to_remove(policy.groups[n].rate, c) if n in policy.groups else 0
         for n, c in zip(macs_model.group_names, macs_model.channels, strict=True)

@@ -110,8 +110,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
     from autoprune import data, models
-    from autoprune.budget import count_macs_params
-    from autoprune.prune import discover_groups
+    from autoprune.groups import discover_groups
+    from autoprune.macs import count_macs_params
 
     if args.base_checkpoint:
         from autoprune.base import load_base
@@ -159,7 +159,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> int:
     from autoprune import data, depth
-    from autoprune.criteria import Calibration
+    from autoprune.criteria.calibration import Calibration
 
     dataset = args.dataset
     if args.base_checkpoint and not dataset:
@@ -271,33 +271,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 @verb("studies")
 def cmd_studies(args: argparse.Namespace) -> int:
-    import optuna
-    from optuna.trial import TrialState
-
     from autoprune import study as studies
 
-    storage = studies.open_storage(args.storage)
-    rows = []
-    for summary in sorted(
-        optuna.get_all_study_summaries(storage, include_best_trial=False),
-        key=lambda s: s.study_name,
-    ):
-        st = optuna.load_study(study_name=summary.study_name, storage=storage)
-        counts = {
-            state: len(st.get_trials(deepcopy=False, states=(state,)))
-            for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
-        }
-        budget = st.user_attrs.get(studies.CONFIG_ATTR, {}).get("budget_flops", "")
-        rows.append(
-            (
-                summary.study_name,
-                budget,
-                counts[TrialState.COMPLETE],
-                counts[TrialState.FAIL],
-                counts[TrialState.RUNNING],
-                len(studies.pareto_front(st)),
-            )
-        )
+    rows = [
+        (s.name, "" if s.budget is None else s.budget, s.complete, s.failed, s.running, s.front)
+        for s in studies.summaries(studies.open_storage(args.storage))
+    ]
     _print_table(
         ["study", "budget", "complete", "failed", "running", "front"], rows, title="studies"
     )
@@ -316,10 +295,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 @verb("export")
 def cmd_export(args: argparse.Namespace) -> int:
     from autoprune import study as studies
+    from autoprune.export import export_front
 
     study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
     out = Path(args.out) if args.out else Path("policies") / args.name
-    written = studies.export_front(study_obj, out)
+    written = export_front(study_obj, out)
     for path in written:
         print(path)
     print(f"{len(written)} policies, front.yaml and front.png in {out}/")
@@ -328,8 +308,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @verb("replay")
 def cmd_replay(args: argparse.Namespace) -> int:
+    from autoprune.checkpoint import replay
     from autoprune.policy import Policy
-    from autoprune.replay import replay
 
     if args.epochs is not None and args.epochs < 0:
         raise UserError(f"--epochs {args.epochs} must be >= 0")
@@ -378,7 +358,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 @verb("onnx")
 def cmd_onnx(args: argparse.Namespace) -> int:
-    from autoprune.budget import count_macs_params
     from autoprune.deploy import (
         ABS_TOLERANCE,
         REL_TOLERANCE,
@@ -386,6 +365,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         check_onnx,
         load_any_checkpoint,
     )
+    from autoprune.macs import count_macs_params
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} must be >= 1")

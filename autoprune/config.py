@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from autoprune.errors import UserError
+from autoprune.sampler import SAMPLERS
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 EXECUTORS = ("ray", "local")
 
 

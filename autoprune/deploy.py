@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.files import atomic_write, read_torch_file
+from autoprune.modes import model_mode
 
 # Export and runtime reorder float sums; differences beyond this are a broken export.
 ABS_TOLERANCE = 1e-4
@@ -53,8 +53,8 @@ class OnnxReport:
 
 def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]:
     """(model in eval mode, one example input, a description) from a pruned or base checkpoint."""
-    from autoprune.base import BASE_FORMAT, load_base, read_torch_file
-    from autoprune.replay import CHECKPOINT_FORMAT, load_checkpoint
+    from autoprune.base import BASE_FORMAT, load_base
+    from autoprune.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
     path = Path(path)
     payload = read_torch_file(
@@ -71,18 +71,6 @@ def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]
         f"{path} is neither a pruned checkpoint ({CHECKPOINT_FORMAT}) nor a base checkpoint "
         f"({BASE_FORMAT}): give a file written by `autoprune replay` or `autoprune train`"
     )
-
-
-@contextlib.contextmanager
-def _on_cpu_in_eval(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` on the CPU in eval mode, then give it back as it was (mode and device)."""
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval().cpu()
-    try:
-        yield
-    finally:
-        model.train(was_training).to(device)
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -109,15 +97,13 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path)
     """
     _require_onnx()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # A batch of 2 so the exporter does not specialise the batch dimension to 1.
     inputs = example_inputs[:1].cpu().expand(2, *example_inputs.shape[1:]).contiguous()
     chatter = io.StringIO()  # the exporter reports its progress (and diagnoses) on stdout
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with (
-            _on_cpu_in_eval(model),
+            model_mode(model, device="cpu"),
             warnings.catch_warnings(),
             contextlib.redirect_stdout(chatter),
         ):
@@ -133,10 +119,9 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path)
             )
         if program is None:  # pragma: no cover - dynamo=True always returns the program
             raise RuntimeError("torch.onnx.export returned no program")
-        program.save(str(tmp))
-        os.replace(tmp, out)
+        with atomic_write(out) as tmp:
+            program.save(str(tmp))
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         said = [line for line in chatter.getvalue().splitlines() if line.strip()][-3:]
         raise UserError(
@@ -186,17 +171,14 @@ def check_onnx(
     """
     onnx, onnxruntime = _require_onnx()
     out = Path(out)
-    candidate = export_onnx(
-        model, example_inputs, out.with_name(f".{out.name}.{os.getpid()}.check")
-    )
-    try:
+    with atomic_write(out) as candidate:
+        export_onnx(model, example_inputs, candidate)
         report = _compare(onnx, onnxruntime, model, candidate, example_inputs, batch, repeats, seed)
         if report.matches:
-            os.replace(candidate, out)
             report.path = out
-        return report
-    finally:
-        candidate.unlink(missing_ok=True)
+        else:
+            candidate.unlink()  # a rejected export is never published
+    return report
 
 
 def _compare(
@@ -224,7 +206,7 @@ def _compare(
         raise OnnxCheckError(f"ONNX Runtime cannot load the export: {exc}") from exc
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *example_inputs.shape[1:]), generator=generator)
-    with _on_cpu_in_eval(model):
+    with model_mode(model, device="cpu"):
         with torch.no_grad():
             expected = model(x)
         try:

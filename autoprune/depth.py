@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.macs import count_macs_params
+from autoprune.modes import model_mode
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:
@@ -68,13 +70,10 @@ def _block_io(
         )
         for n in names
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             model(example_inputs.to(next(model.parameters()).device))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return seen
@@ -141,8 +140,6 @@ def block_scores(
         UserError: the model has no residual blocks, or there are too few images to fit.
     """
     from sklearn.cross_decomposition import PLSRegression
-
-    from autoprune.budget import count_macs_params
 
     names = residual_blocks(model)
     if not names:
@@ -217,16 +214,13 @@ def _pooled_block_outputs(
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     labels = []
     try:
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             for images, targets in batches:
                 model(images.to(device))
                 labels.append(targets.cpu())
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if not labels:

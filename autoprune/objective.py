@@ -13,19 +13,27 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.base import BaseCheckpoint, load_base, studies_dir
-from autoprune.budget import count_macs_params, project_to_budget
+from autoprune import data, prune
+from autoprune.base import BaseCheckpoint, load_base
+from autoprune.budget import project_to_budget
+from autoprune.criteria.cache import ScoreCache
+from autoprune.criteria.calibration import Calibration
+from autoprune.criteria.context import ScoringInputs
 from autoprune.data import DataSplits
+from autoprune.files import studies_dir
+from autoprune.macs import count_macs_params
 from autoprune.policy import BaseRef, Policy
+from autoprune.train import TrainConfig, evaluate, fit, recalibrate_batchnorm, select_device
 
-Log = Any
+Log = Callable[[str], Any]
 
 
 @dataclass
@@ -64,11 +72,6 @@ class Metrics:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     counters: dict[str, int] = field(default_factory=dict)  # e.g. calibration passes
 
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "policy"}
-        out["policy"] = self.policy.to_dict()
-        return out
-
 
 @dataclass
 class Pruned:
@@ -92,9 +95,8 @@ def _cached_base(path: str, mtime: float) -> BaseCheckpoint:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_splits(name: str, root: str | None, download: bool) -> DataSplits:
-    from autoprune import data
-
+def load_splits(name: str, root: str | None, download: bool = False) -> DataSplits:
+    """A dataset's splits, cached per process (trial workers and the driver reuse them)."""
     return data.create(name, root=root, download=download)
 
 
@@ -102,16 +104,12 @@ def load_inputs(config: ObjectiveConfig) -> tuple[BaseCheckpoint, DataSplits]:
     """The base checkpoint and dataset splits, cached per process (trial workers reuse them)."""
     path = Path(config.base_checkpoint)
     base = _cached_base(str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
-    splits = _cached_splits(config.dataset, config.data_root, config.download)
+    splits = load_splits(config.dataset, config.data_root, config.download)
     return base, splits
 
 
-def prune_policy(config: ObjectiveConfig, policy: Policy, log: Log | None = None) -> Pruned:
+def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     """Project ``policy`` onto its budget and prune a fresh copy of the base model with it."""
-    from autoprune import criteria, prune
-    from autoprune.criteria.cache import ScoreCache
-    from autoprune.train import fit, select_device
-
     if config.threads:
         torch.set_num_threads(config.threads)
     timings: dict[str, float] = {}
@@ -133,8 +131,8 @@ def prune_policy(config: ObjectiveConfig, policy: Policy, log: Log | None = None
     timings["project"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scoring = criteria.ScoringInputs(
-        calibration=criteria.Calibration(
+    scoring = ScoringInputs(
+        calibration=Calibration(
             splits.calibration,
             dataset_name=splits.name,
             num_images=config.calibration_images,
@@ -180,17 +178,10 @@ def base_macs_params(base: BaseCheckpoint) -> tuple[int, int]:
     return count_macs_params(base.build(), base.spec.example_inputs())
 
 
-def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> Any:
-    from autoprune.train import TrainConfig
-
-    r = policy.retrain
+def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> TrainConfig:
+    """The policy's retrain recipe for ``epochs`` epochs, run with this objective's loop settings."""
     return TrainConfig(
-        epochs=epochs,
-        lr=r.lr,
-        optimizer=r.optimizer,
-        schedule=r.schedule,
-        regularizer=r.regularizer,
-        regularizer_weight=r.regularizer_weight,
+        replace(policy.retrain, epochs=epochs),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
     )
@@ -200,8 +191,6 @@ def finetune(
     pruned: Pruned, config: ObjectiveConfig, epochs: float, log: Log | None = None
 ) -> None:
     """Fine-tune a pruned model in place; with 0 epochs only BatchNorm statistics are refreshed."""
-    from autoprune.train import fit, recalibrate_batchnorm
-
     t0 = time.perf_counter()
     if epochs > 0:
         fit(
@@ -228,10 +217,8 @@ def evaluate_policy(config: ObjectiveConfig, policy: Policy, log: Log | None = N
     Raises:
         UserError: the policy does not fit the base checkpoint, or its target is unreachable.
     """
-    from autoprune.train import evaluate
-
     start = time.perf_counter()
-    pruned = prune_policy(config, policy, log)
+    pruned = prune_policy(config, policy)
     finetune(pruned, config, pruned.policy.retrain.epochs, log)
     t0 = time.perf_counter()
     val = evaluate(pruned.model, pruned.splits.val, pruned.device)

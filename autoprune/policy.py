@@ -23,15 +23,17 @@ criteria) is :meth:`Policy.validate_against`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from autoprune import criteria
 from autoprune.errors import UserError
+from autoprune.files import write_text
 from autoprune.models import ModelSpec
+from autoprune.train import Retrain
 
 SCHEMA = "autoprune.policy/1"
 
@@ -87,18 +89,6 @@ class Schedule:
 
 
 @dataclass
-class Retrain:
-    """The fine-tune after pruning (search trial) and the basis of replay's longer fine-tune."""
-
-    epochs: float = 1.0  # fractional epochs allowed
-    lr: float = 0.02
-    optimizer: str = "sgd"  # sgd | adam
-    schedule: str = "cosine"  # cosine | step | constant
-    regularizer: str = "none"  # none | orthogonal
-    regularizer_weight: float = 0.01
-
-
-@dataclass
 class Policy:
     """A complete pruning policy for one model (see module docstring for the YAML form)."""
 
@@ -150,11 +140,7 @@ class Policy:
 
     def save(self, path: str | Path) -> None:
         """Write the YAML atomically: a reader (or a second writer) never sees half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_yaml())
-        os.replace(tmp, path)
+        write_text(path, self.to_yaml())
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> Policy:
@@ -255,20 +241,7 @@ class Policy:
             raise UserError(
                 f"{source}: schedule.iterative_steps = {self.schedule.iterative_steps} must be >= 1"
             )
-        if self.retrain.epochs < 0:
-            raise UserError(f"{source}: retrain.epochs = {self.retrain.epochs} must be >= 0")
-        if self.retrain.optimizer not in ("sgd", "adam"):
-            raise UserError(
-                f"{source}: retrain.optimizer '{self.retrain.optimizer}' is unknown; allowed: sgd, adam"
-            )
-        if self.retrain.schedule not in ("cosine", "step", "constant"):
-            raise UserError(
-                f"{source}: retrain.schedule '{self.retrain.schedule}' is unknown; allowed: cosine, step, constant"
-            )
-        if self.retrain.regularizer not in ("none", "orthogonal"):
-            raise UserError(
-                f"{source}: retrain.regularizer '{self.retrain.regularizer}' is unknown; allowed: none, orthogonal"
-            )
+        self.retrain.validate(f"{source}: retrain")
         la = self.loss_aware
         if (
             not isinstance(la.pool, list)
@@ -300,8 +273,6 @@ class Policy:
             UserError: the policy was written for another model, names an unknown group or
                 criterion, or its base hash does not match ``base_sha256``.
         """
-        from autoprune import criteria
-
         if (self.model.name, self.model.num_classes, tuple(self.model.input_shape)) != (
             spec.name,
             spec.num_classes,

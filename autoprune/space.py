@@ -27,9 +27,12 @@ from typing import Any
 
 import yaml
 
+from autoprune import criteria
 from autoprune.errors import UserError
+from autoprune.groups import build_graph, current_groups
 from autoprune.models import ModelSpec
-from autoprune.policy import ClassAware, Depth, GroupPolicy, Policy, Retrain, Schedule
+from autoprune.policy import BaseRef, ClassAware, Depth, GroupPolicy, Policy, Schedule
+from autoprune.train import REGULARIZERS, Retrain
 
 SCHEMA = "autoprune.space/1"
 GRANULARITIES = ("group", "stage", "global")
@@ -88,8 +91,6 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, raw: Any, name: str = "custom", source: str = "search space") -> SearchSpace:
-        from autoprune import criteria
-
         if not isinstance(raw, dict):
             raise UserError(f"{source}: a search space must be a mapping")
         allowed = {
@@ -151,10 +152,11 @@ class SearchSpace:
                 space.retrain_lr = _range(r["lr"], "retrain.lr", source, 1e-6, 10.0)
             if "regularizer" in r:
                 regs = [str(v) for v in _list(r["regularizer"], "retrain.regularizer", source)]
-                bad = [v for v in regs if v not in ("none", "orthogonal")]
+                bad = [v for v in regs if v not in REGULARIZERS]
                 if bad:
                     raise UserError(
-                        f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; allowed: none, orthogonal"
+                        f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; "
+                        f"allowed: {', '.join(REGULARIZERS)}"
                     )
                 space.regularizers = regs
         if "iterative_steps" in raw:
@@ -290,9 +292,6 @@ def build_context(
 ) -> SpaceContext:
     """Trace the base model once: its groups, their stages (output resolution of the root layer)."""
     import torch
-
-    from autoprune.policy import BaseRef
-    from autoprune.prune import build_graph, current_groups
 
     model = base.build()
     inputs = base.spec.example_inputs()

@@ -21,9 +21,10 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.base import studies_dir
 from autoprune.config import SearchConfig
+from autoprune.data import canonical_name
 from autoprune.errors import UserError
+from autoprune.files import studies_dir
 from autoprune.policy import Policy
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
@@ -114,8 +115,6 @@ def create_or_load(
 
 
 def _check_same_search(name: str, stored: SearchConfig, config: SearchConfig) -> None:
-    from autoprune.data import canonical_name
-
     for key in ("model", "dataset", "budget_flops", "space"):
         a, b = getattr(stored, key), getattr(config, key)
         if key == "space":
@@ -154,6 +153,16 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study reads and writes.
+
+    Optuna keeps it in the private ``Study._storage`` and offers no accessor; autoprune needs
+    it to hand Ray's ``OptunaSearch`` the very storage the study lives in and to fail the
+    trials of a dead driver. This is the one place that reaches in.
+    """
+    return study._storage
+
+
 # --------------------------------------------------------------------------- trial bookkeeping
 
 
@@ -189,6 +198,10 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
     Trials whose driver is another live process on this host, or a process on another host,
     are left alone (a shared PostgreSQL study may have several drivers at once).
     """
+    # A trial's owner is dead, so no Trial object of this process can finish it: its state and
+    # reason are written through the storage, addressed by the public (study, number) lookup.
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         alive = _driver_alive(trial.user_attrs.get(DRIVER_ATTR))
@@ -199,10 +212,11 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
             continue
         if alive:
             continue
-        study._storage.set_trial_user_attr(
-            trial._trial_id, "error", "driver died while the trial ran; re-enqueued"
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(
+            trial_id, "error", "driver died while the trial ran; re-enqueued"
         )
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"autoprune.retry_of": trial.number})
         recovered += 1
@@ -213,8 +227,18 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
     return recovered
 
 
+def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's COMPLETE trials (not copied: read them, do not change them)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
 def complete_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len(completed_trials(study))
+
+
+def trial_count(study: optuna.Study) -> int:
+    """Trials of any state stored in the study (asked, running, finished)."""
+    return len(study.get_trials(deepcopy=False))
 
 
 def finish_trial(
@@ -266,11 +290,6 @@ class FrontPoint:
     policy: Policy
 
 
-def is_feasible(trial: FrozenTrial) -> bool:
-    """A trial meets the budget when every constraint value is <= 0."""
-    return bool(trial.constraints) and all(v <= 0 for v in trial.constraints.values())
-
-
 def pareto_front(study: optuna.Study) -> list[FrontPoint]:
     """The feasible Pareto front, by ascending MACs ratio."""
     points = []
@@ -298,68 +317,38 @@ def winner(front: list[FrontPoint]) -> FrontPoint:
     return max(front, key=lambda p: (p.val_accuracy, -p.macs_ratio))
 
 
-def export_front(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Write every feasible front policy (with its measured metrics) as YAML, plus a summary and a plot."""
-    front = pareto_front(study)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("trial-*.yaml"):
-        stale.unlink(missing_ok=True)  # another driver of a shared study may export at once
-    written = []
-    for point in front:
-        path = out_dir / f"trial-{point.number:04d}.yaml"
-        point.policy.save(path)
-        written.append(path)
-    summary = {
-        "study": study.study_name,
-        "front": [
-            {"file": f"trial-{p.number:04d}.yaml", "trial": p.number, "val_accuracy": round(p.val_accuracy, 6),
-             "macs_ratio": round(p.macs_ratio, 6), "params_ratio": round(p.params_ratio, 6)}
-            for p in front
-        ],
-    }  # fmt: skip
-    import yaml
+@dataclass
+class StudySummary:
+    """A row of ``autoprune studies``."""
 
-    tmp = out_dir / f".front.yaml.{os.getpid()}.tmp"
-    tmp.write_text(yaml.safe_dump(summary, sort_keys=False))
-    os.replace(tmp, out_dir / "front.yaml")
-    plot_front(study, out_dir / "front.png")
-    return written
+    name: str
+    budget: float | None  # the stored search's --budget-flops (None: not an autoprune search)
+    complete: int
+    failed: int
+    running: int
+    front: int  # feasible Pareto-front size
 
 
-def plot_front(study: optuna.Study, path: Path) -> None:
-    """Accuracy vs MACs ratio of every completed trial, the feasible front highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = {p.number for p in pareto_front(study)}
-    config = study.user_attrs.get(CONFIG_ATTR, {})
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    others = [t for t in trials if t.number not in front]
-    ax.scatter(
-        [t.values[1] for t in others], [t.values[0] for t in others], s=18, c="0.6", label="trials"
-    )
-    pts = sorted((t for t in trials if t.number in front), key=lambda t: t.values[1])
-    ax.plot(
-        [t.values[1] for t in pts],
-        [t.values[0] for t in pts],
-        "o-",
-        c="C3",
-        label="feasible Pareto front",
-    )
-    if "budget_flops" in config:
-        ax.axvline(
-            config["budget_flops"], ls="--", c="C0", label=f"budget {config['budget_flops']:g}"
+def summaries(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
+    """Every study in ``storage``, by name, with its trial counts and front size."""
+    rows = []
+    for summary in sorted(
+        optuna.get_all_study_summaries(storage, include_best_trial=False),
+        key=lambda s: s.study_name,
+    ):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        counts = {
+            state: len(study.get_trials(deepcopy=False, states=(state,)))
+            for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+        }
+        rows.append(
+            StudySummary(
+                name=summary.study_name,
+                budget=study.user_attrs.get(CONFIG_ATTR, {}).get("budget_flops"),
+                complete=counts[TrialState.COMPLETE],
+                failed=counts[TrialState.FAIL],
+                running=counts[TrialState.RUNNING],
+                front=len(pareto_front(study)),
+            )
         )
-    ax.set_xlabel("MACs ratio (pruned / base)")
-    ax.set_ylabel("val accuracy")
-    ax.set_title(study.study_name, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    plt.close(fig)
+    return rows

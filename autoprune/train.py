@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,44 +22,60 @@ from torch.utils.data import Dataset
 
 from autoprune.data import batches
 from autoprune.errors import UserError
+from autoprune.groups import BATCH_NORMS
 
 Log = Callable[[str], None]
 
 
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+REGULARIZERS = ("none", "orthogonal")
+
+
 @dataclass
-class TrainConfig:
-    """How to (re)train a model. Every field has a default usable for a short fine-tune."""
+class Retrain:
+    """A (re)training recipe: a policy's ``retrain`` section, and what :func:`fit` runs.
+
+    The one definition of these settings: policies, search spaces, base training and replay's
+    longer fine-tune all use it, and :meth:`validate` is the one check of its values.
+    """
 
     epochs: float = 1.0  # passes over the training split; fractions allowed
-    lr: float = 0.05  # peak learning rate
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam"
-    schedule: str = (
-        "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%) or "constant"
-    )
-    weight_decay: float = 5e-4  # L2 penalty on all parameters
-    batch_size: int = 128  # images per step
+    lr: float = 0.02  # peak learning rate
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam" (AdamW)
+    schedule: str = "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%), "constant"
     regularizer: str = "none"  # "none" or "orthogonal" (kernel orthogonality on 3x3 convs)
     regularizer_weight: float = 0.01  # weight of the regulariser term in the loss
+
+    def validate(self, where: str = "retrain") -> None:
+        """Raise a :class:`UserError` naming ``where`` (e.g. the policy file) for a bad value."""
+        if self.epochs < 0:
+            raise UserError(f"{where}.epochs = {self.epochs} must be >= 0 (0: no fine-tune)")
+        if self.lr <= 0:
+            raise UserError(f"{where}.lr = {self.lr} must be > 0")
+        for key, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("regularizer", REGULARIZERS),
+        ):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise UserError(
+                    f"{where}.{key} '{value}' is unknown; allowed: {', '.join(allowed)}"
+                )
+
+
+@dataclass
+class TrainConfig:
+    """How :func:`fit` runs a recipe: the recipe plus loop settings that no policy carries."""
+
+    retrain: Retrain = field(
+        default_factory=Retrain
+    )  # epochs, lr, optimizer, schedule, regulariser
+    batch_size: int = 128  # images per step
+    weight_decay: float = 5e-4  # L2 penalty on all parameters
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     num_workers: int = 0  # DataLoader workers for datasets that decode images
-
-    def validate(self) -> None:
-        if self.epochs < 0:
-            raise UserError(
-                f"retrain epochs {self.epochs} is negative: use 0 (no fine-tune) or more"
-            )
-        if self.lr <= 0:
-            raise UserError(f"learning rate {self.lr} must be > 0")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UserError(f"optimizer '{self.optimizer}' is unknown: use 'sgd' or 'adam'")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise UserError(
-                f"schedule '{self.schedule}' is unknown: use 'cosine', 'step' or 'constant'"
-            )
-        if self.regularizer not in ("none", "orthogonal"):
-            raise UserError(
-                f"regularizer '{self.regularizer}' is unknown: use 'none' or 'orthogonal'"
-            )
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -141,32 +157,33 @@ def fit(
     log: Log | None = None,
     val: Dataset | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place for ``config.epochs`` (fractional) epochs and return it.
+    """Train ``model`` in place for ``config.retrain.epochs`` (fractional) epochs and return it.
 
     Args:
         model: the network; moved to ``device``.
         train: the training split (augmentation is part of the dataset).
-        config: optimiser, schedule and regulariser settings.
+        config: the recipe (optimiser, schedule, regulariser) and loop settings.
         device: where to train.
         seed: seeds the shuffling order and torch's RNG, for repeatable runs.
         log: called with one line per epoch (loss, accuracy, optional val accuracy, time).
         val: evaluated after every full epoch when given (only for the log line).
     """
-    config.validate()
+    recipe = config.retrain
+    recipe.validate()
     model.to(device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)  # type: ignore[arg-type]
-    total_steps = math.ceil(config.epochs * steps_per_epoch)
+    total_steps = math.ceil(recipe.epochs * steps_per_epoch)
     if total_steps == 0:
         return model
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
+    if recipe.optimizer == "sgd":
         optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+            params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
         )
     else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=config.weight_decay)
     use_amp = device.type == "cuda"
     if use_amp:
         model.to(memory_format=torch.channels_last)
@@ -186,7 +203,7 @@ def fit(
             if step >= total_steps:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * _lr_factor(config.schedule, step, total_steps)
+                group["lr"] = recipe.lr * _lr_factor(recipe.schedule, step, total_steps)
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if use_amp:
@@ -194,12 +211,12 @@ def fit(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-            if config.regularizer == "orthogonal":
-                loss = loss + config.regularizer_weight * orthogonality_penalty(model)
+            if recipe.regularizer == "orthogonal":
+                loss = loss + recipe.regularizer_weight * orthogonality_penalty(model)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"training loss became {loss.item()} at step {step} of {total_steps} with "
-                    f"learning rate {config.lr:g}: lower the learning rate"
+                    f"learning rate {recipe.lr:g}: lower the learning rate"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,7 +228,7 @@ def fit(
         epoch += 1
         if log is not None and seen:
             line = (
-                f"epoch {epoch}/{math.ceil(config.epochs)}  loss {loss_sum / seen:.4f}  "
+                f"epoch {epoch}/{math.ceil(recipe.epochs)}  loss {loss_sum / seen:.4f}  "
                 f"train acc {correct / seen:.4f}"
             )
             if val is not None:
@@ -259,7 +276,7 @@ def recalibrate_batchnorm(
     Pruning changes the statistics that follow a pruned layer; a cheap re-estimate recovers much
     of the accuracy when a policy asks for no fine-tuning.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
     if not bns:
         return
     for bn in bns:

@@ -21,12 +21,11 @@ from autoprune import prune
 from autoprune.budget import (
     DEFAULT_TOLERANCE,
     SAFETY_MARGIN,
-    MacsModel,
-    count_macs_params,
     project_to_budget,
     removed_counts,
 )
 from autoprune.errors import UserError
+from autoprune.macs import MacsModel, count_macs_params
 from autoprune.models import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 

@@ -86,12 +86,12 @@ def test_diverging_training_is_a_user_error_that_names_the_learning_rate() -> No
     import torch
 
     from autoprune.errors import UserError
-    from autoprune.train import TrainConfig, fit
+    from autoprune.train import Retrain, TrainConfig, fit
 
     torch.manual_seed(0)
     images, labels = torch.randn(32, 1, 28, 28), torch.arange(32) % 10
     model = models.create("resnet20", num_classes=10, in_channels=1)
-    config = TrainConfig(epochs=1, lr=1e30, batch_size=8)
+    config = TrainConfig(Retrain(epochs=1, lr=1e30), batch_size=8)
     with pytest.raises(UserError, match=r"loss became (nan|inf).*learning rate 1e\+30"):
         fit(model, data.TensorSplit(images, labels), config, torch.device("cpu"))
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune import criteria, prune
+from autoprune import criteria, groups, prune
+from autoprune.criteria.calibration import Calibration
+from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.data import TensorSplit
 from autoprune.models import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
@@ -43,24 +45,22 @@ def build(name: str, seed: int = 0) -> tuple[torch.nn.Module, ModelSpec]:
     return spec.build().eval(), spec
 
 
-def calibration(images: int, seed: int = 0) -> criteria.Calibration:
+def calibration(images: int, seed: int = 0) -> Calibration:
     """Random images with balanced labels: enough for every criterion to run."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(images, *INPUT_SHAPE, generator=generator)
     y = torch.arange(images) % NUM_CLASSES
-    return criteria.Calibration(
-        TensorSplit(x, y), "random", num_images=images, batch_size=images, seed=seed
-    )
+    return Calibration(TensorSplit(x, y), "random", num_images=images, batch_size=images, seed=seed)
 
 
 def score_groups(
     model: torch.nn.Module, spec: ModelSpec, criterion: str, images: int = 20, seed: int = 0
-) -> tuple[dict[str, torch.Tensor], dict[str, prune.GroupView]]:
-    graph = prune.build_graph(model, spec.example_inputs())
-    views = {n: prune.view_of(n, g, graph) for n, g in prune.current_groups(model, graph).items()}
+) -> tuple[dict[str, torch.Tensor], dict[str, groups.GroupView]]:
+    graph = groups.build_graph(model, spec.example_inputs())
+    views = {n: groups.view_of(n, g, graph) for n, g in groups.current_groups(model, graph).items()}
     policy = Policy(model=spec, groups={}, seed=seed)
-    inputs = criteria.ScoringInputs(calibration=calibration(images), num_classes=NUM_CLASSES)
-    ctx = criteria.ScoringContext.create(model, graph, policy, inputs)
+    inputs = ScoringInputs(calibration=calibration(images), num_classes=NUM_CLASSES)
+    ctx = ScoringContext.create(model, graph, policy, inputs)
     return ctx.scores(criterion, list(views.values())), views
 
 
@@ -135,8 +135,8 @@ def test_a_dead_channel_is_scored_lowest(criterion: str) -> None:
 
 
 def _policy(spec: ModelSpec, model: torch.nn.Module, criterion: str, rate: float) -> Policy:
-    graph = prune.build_graph(model, spec.example_inputs())
-    names = list(prune.current_groups(model, graph))
+    graph = groups.build_graph(model, spec.example_inputs())
+    names = list(groups.current_groups(model, graph))
     return Policy(
         model=spec, groups={n: GroupPolicy(rate=rate, criterion=criterion) for n in names}
     )
@@ -147,7 +147,7 @@ def test_resnet20_pruned_by_the_scores_runs(criterion: str) -> None:
     model, spec = build("resnet20")
     scores = score_groups(copy.deepcopy(model), spec, criterion)[0] if criterion in SCORING else {}
     policy = _policy(spec, model, criterion, rate=0.4)
-    inputs = criteria.ScoringInputs(calibration=calibration(20), num_classes=NUM_CLASSES)
+    inputs = ScoringInputs(calibration=calibration(20), num_classes=NUM_CLASSES)
     result = prune.apply(model, policy, inputs)
 
     out = result.model(torch.randn(3, *INPUT_SHAPE))
@@ -155,7 +155,7 @@ def test_resnet20_pruned_by_the_scores_runs(criterion: str) -> None:
     assert set(result.removed) == set(policy.groups)
     for name, removed in result.removed.items():
         # The channels that went are the lowest-scored ones, as many as the rate asks.
-        assert len(removed) == prune.channels_to_remove(0.4, len(removed) + _kept(result, name))
+        assert len(removed) == groups.channels_to_remove(0.4, len(removed) + _kept(result, name))
         if criterion in SCORING:
             lowest = torch.argsort(scores[name], stable=True)[: len(removed)]
             assert removed == sorted(int(i) for i in lowest), name
@@ -178,7 +178,7 @@ def test_large_networks_pruned_by_the_scores_run(criterion: str, model_name: str
     x = torch.randn(2, *INPUT_SHAPE)
     params_before = sum(p.numel() for p in model.parameters())
     policy = _policy(spec, model, criterion, rate=0.3)
-    inputs = criteria.ScoringInputs(calibration=calibration(10), num_classes=NUM_CLASSES)
+    inputs = ScoringInputs(calibration=calibration(10), num_classes=NUM_CLASSES)
     result = prune.apply(model, policy, inputs)
     out = result.model(x)
     assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()

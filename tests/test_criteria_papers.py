@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune import criteria, prune
-from autoprune.criteria import ChannelTaps
+from autoprune import groups, prune
+from autoprune.criteria.calibration import Calibration
+from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.criteria.relevance import channel_relevance, explainer
+from autoprune.criteria.taps import ChannelTaps
 from autoprune.data import TensorSplit
 from autoprune.models import ModelSpec
 from autoprune.policy import ClassAware, GroupPolicy, Policy
@@ -76,16 +78,14 @@ def context(
     labels: torch.Tensor,
     num_classes: int,
     policy: Policy | None = None,
-) -> tuple[criteria.ScoringContext, list[prune.GroupView]]:
+) -> tuple[ScoringContext, list[groups.GroupView]]:
     spec = ModelSpec("test", num_classes, tuple(images.shape[1:]))  # type: ignore[arg-type]
-    graph = prune.build_graph(model, images[:1])
-    views = [prune.view_of(n, g, graph) for n, g in prune.current_groups(model, graph).items()]
-    calib = criteria.Calibration(
-        TensorSplit(images, labels), "test", num_images=len(labels), batch_size=16
-    )
-    inputs = criteria.ScoringInputs(calibration=calib, num_classes=num_classes)
+    graph = groups.build_graph(model, images[:1])
+    views = [groups.view_of(n, g, graph) for n, g in groups.current_groups(model, graph).items()]
+    calib = Calibration(TensorSplit(images, labels), "test", num_images=len(labels), batch_size=16)
+    inputs = ScoringInputs(calibration=calib, num_classes=num_classes)
     policy = policy or Policy(model=spec, groups={})
-    return criteria.ScoringContext.create(model, graph, policy, inputs), views
+    return ScoringContext.create(model, graph, policy, inputs), views
 
 
 def random_data(
@@ -236,11 +236,11 @@ def test_the_class_threshold_removes_the_one_class_channels() -> None:
         groups={"conv": GroupPolicy(rate=0.8, criterion="class_aware")},
         class_aware=ClassAware(min_classes=2.0),
     )
-    calib = criteria.Calibration(TensorSplit(images, labels), "test", num_images=len(labels))
+    calib = Calibration(TensorSplit(images, labels), "test", num_images=len(labels))
     result = prune.apply(
         model,
         policy,
-        criteria.ScoringInputs(calibration=calib, num_classes=num_classes),
+        ScoringInputs(calibration=calib, num_classes=num_classes),
         example_inputs=images[:1],
     )
     assert result.removed["conv"] == list(range(num_classes))  # the all-class channel stays
@@ -253,8 +253,8 @@ def relevance_totals(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, canonize: bool = True
 ) -> dict[str, torch.Tensor]:
     """Per feature map, the total relevance per image that reaches it."""
-    graph = prune.build_graph(model, images[:1])
-    views = [prune.view_of(n, g, graph) for n, g in prune.current_groups(model, graph).items()]
+    graph = groups.build_graph(model, images[:1])
+    views = [groups.view_of(n, g, graph) for n, g in groups.current_groups(model, graph).items()]
     taps = ChannelTaps(model, views, images[:2])
     names = {m: n for n, m in model.named_modules()}
     with explainer(model, taps, images[:2], canonize=canonize) as explain:
@@ -369,11 +369,11 @@ def _prune_decisive(criterion: str) -> tuple[prune.PruneResult, float]:
         model=ModelSpec("test", 2, (3, 4, 4)),
         groups={"conv": GroupPolicy(rate=0.25, criterion=criterion)},
     )
-    calib = criteria.Calibration(TensorSplit(images, labels), "test", num_images=len(labels))
+    calib = Calibration(TensorSplit(images, labels), "test", num_images=len(labels))
     result = prune.apply(
         model,
         policy,
-        criteria.ScoringInputs(calibration=calib, num_classes=2),
+        ScoringInputs(calibration=calib, num_classes=2),
         example_inputs=images[:1],
     )
     with torch.no_grad():
@@ -397,11 +397,11 @@ def test_auto_records_the_choice_of_every_group_in_the_applied_policy() -> None:
     spec = ModelSpec("resnet20", 10, (3, 16, 16))
     model = spec.build().eval()
     images, labels = random_data(16, (3, 16, 16), 10)
-    graph = prune.build_graph(model, spec.example_inputs())
-    names = list(prune.current_groups(model, graph))
+    graph = groups.build_graph(model, spec.example_inputs())
+    names = list(groups.current_groups(model, graph))
     policy = Policy(model=spec, groups={n: GroupPolicy(rate=0.3, criterion="auto") for n in names})
-    calib = criteria.Calibration(TensorSplit(images, labels), "test", num_images=16)
-    result = prune.apply(model, policy, criteria.ScoringInputs(calibration=calib, num_classes=10))
+    calib = Calibration(TensorSplit(images, labels), "test", num_images=16)
+    result = prune.apply(model, policy, ScoringInputs(calibration=calib, num_classes=10))
 
     assert all(g.criterion == "auto" for g in policy.groups.values())  # the input is left alone
     assert set(result.policy.groups) == set(names)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune import prune
+from autoprune import groups, prune
+from autoprune.checkpoint import save_checkpoint
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.models import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
-from autoprune.replay import save_checkpoint
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
@@ -28,7 +28,7 @@ def _pruned(name: str, input_shape: tuple[int, int, int], drop: list[str] | None
 
     spec = ModelSpec(name, 10, input_shape)
     model = spec.build().eval()
-    names = prune.current_groups(model, prune.build_graph(model, spec.example_inputs()))
+    names = groups.current_groups(model, groups.build_graph(model, spec.example_inputs()))
     gone = tuple(f"{block}." for block in drop or [])
     policy = Policy(
         model=spec, groups={n: GroupPolicy(rate=0.5) for n in names if not n.startswith(gone)}
@@ -62,7 +62,7 @@ def test_pruned_checkpoint_exports_and_matches_pytorch(
     result = prune.apply(model, policy)
     ckpt = save_checkpoint(tmp_path / "p.pt", result.model, result.history, result.policy, {}, None)
 
-    from autoprune.replay import load_checkpoint
+    from autoprune.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt).model
     report = check_onnx(

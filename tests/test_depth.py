@@ -11,10 +11,11 @@ import torch
 from sklearn.cross_decomposition import PLSRegression
 from torch import nn
 
-from autoprune import depth, prune
-from autoprune.budget import count_macs_params
-from autoprune.criteria import Calibration, ScoringContext, ScoringInputs
+from autoprune import depth, groups, prune
+from autoprune.criteria.calibration import Calibration
+from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
+from autoprune.macs import count_macs_params
 from autoprune.models import ModelSpec
 from autoprune.policy import ClassAware, Depth, GroupPolicy, Policy
 
@@ -101,7 +102,7 @@ def class_aware_run(
     base = load_base(trained_base)  # type: ignore[arg-type]
     model = base.build().eval()
     spec = base.spec
-    names = [g.name for g in prune.discover_groups(model, spec.example_inputs())]
+    names = [g.name for g in groups.discover_groups(model, spec.example_inputs())]
     policy = Policy(
         model=spec,
         groups={n: GroupPolicy(rate=0.5, criterion="class_aware") for n in names},
@@ -109,8 +110,8 @@ def class_aware_run(
     )
     calibration = Calibration(mnist5k_splits.calibration, "mnist5k", num_images=64)  # type: ignore[attr-defined]
     scoring = ScoringInputs(calibration=calibration, num_classes=10)
-    graph = prune.build_graph(model, spec.example_inputs())
-    views = [prune.view_of(n, g, graph) for n, g in prune.current_groups(model, graph).items()]
+    graph = groups.build_graph(model, spec.example_inputs())
+    views = [groups.view_of(n, g, graph) for n, g in groups.current_groups(model, graph).items()]
     scores = ScoringContext.create(model, graph, policy, scoring).scores("class_aware", views)
     return prune.apply(model, policy, scoring), scores
 
@@ -122,7 +123,7 @@ def test_the_class_threshold_removes_only_channels_below_it_capped_by_the_rate(
     limited, _ = class_aware_run(trained_base, mnist5k_splits, 3.0)
     fewer = 0
     for name, s in scores.items():
-        cap = prune.channels_to_remove(0.5, len(s))
+        cap = groups.channels_to_remove(0.5, len(s))
         below = int((s < 3.0).sum())
         got = limited.removed.get(name, [])
         assert len(got) == min(cap, below)

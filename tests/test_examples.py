@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from autoprune import prune
-from autoprune.budget import count_macs_params, project_to_budget
+from autoprune.budget import project_to_budget
+from autoprune.macs import count_macs_params
 from autoprune.policy import Policy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune import models, prune
+from autoprune import models
 from autoprune.errors import UserError
+from autoprune.groups import build_graph, current_groups
 from autoprune.models import ModelSpec
 
 CIFAR_MODELS = {"resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2"}
@@ -77,9 +78,7 @@ def test_torch_pruning_finds_the_expected_groups(
     """3 stages x n blocks (one group per block's inner conv) + stem/residual streams = 3n + 3."""
     side = INPUT_SIDE[in_channels]
     model = models.create(name, num_classes=10, in_channels=in_channels).eval()
-    groups = prune.current_groups(
-        model, prune.build_graph(model, torch.zeros(1, in_channels, side, side))
-    )
+    groups = current_groups(model, build_graph(model, torch.zeros(1, in_channels, side, side)))
     assert len(groups) == expected_groups
     assert "fc" not in groups, "the classifier's outputs are the classes and must not be pruned"
     assert {"conv1", "layer1.0.conv1", "layer3.0.conv1"} <= set(groups)

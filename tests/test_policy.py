@@ -20,6 +20,7 @@ from torch import nn
 from autoprune import criteria
 from autoprune.base import save_base
 from autoprune.errors import UserError
+from autoprune.groups import discover_groups
 from autoprune.models import ModelSpec
 from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import (
@@ -29,10 +30,9 @@ from autoprune.policy import (
     Depth,
     GroupPolicy,
     Policy,
-    Retrain,
     Schedule,
 )
-from autoprune.prune import discover_groups
+from autoprune.train import Retrain
 
 RESNET20_MNIST = ModelSpec("resnet20", 10, (1, 28, 28))
 RESNET20_MNIST_YAML = "{name: resnet20, num_classes: 10, input_shape: [1, 28, 28]}"
@@ -435,7 +435,8 @@ def test_objective_records_the_base_it_pruned(random_base: tuple[Path, str]) -> 
 
 def test_loss_aware_section_round_trips_and_steers_auto() -> None:
     from autoprune import prune
-    from autoprune.criteria import Calibration, ScoringInputs
+    from autoprune.criteria.calibration import Calibration
+    from autoprune.criteria.context import ScoringInputs
     from autoprune.data import TensorSplit
 
     spec = ModelSpec("resnet20", 10, (1, 28, 28))

@@ -21,15 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune import criteria, prune
+from autoprune import criteria, groups, prune
 from autoprune.base import load_base, save_base, state_dict_sha256
-from autoprune.budget import count_macs_params, project_to_budget
+from autoprune.budget import project_to_budget
+from autoprune.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from autoprune.criteria.calibration import Calibration
+from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
+from autoprune.macs import count_macs_params
 from autoprune.models import ModelSpec
 from autoprune.objective import ObjectiveConfig, evaluate_policy, prune_policy
 from autoprune.policy import Depth, GroupPolicy, Policy, Schedule
-from autoprune.replay import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 RunPython = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -67,7 +70,7 @@ def fixed_batch(spec: ModelSpec, n: int = 4) -> torch.Tensor:
 
 
 def group_names(model: nn.Module, spec: ModelSpec) -> list[str]:
-    return list(prune.current_groups(model, prune.build_graph(model, spec.example_inputs())))
+    return list(groups.current_groups(model, groups.build_graph(model, spec.example_inputs())))
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -164,8 +167,8 @@ def test_same_policy_seed_and_base_prune_identically_in_fresh_processes(
 CHECKPOINT_CHILD = """
 import json, sys, torch
 from torch import nn
-from autoprune.budget import count_macs_params
-from autoprune.replay import load_checkpoint
+from autoprune.macs import count_macs_params
+from autoprune.checkpoint import load_checkpoint
 
 batch = torch.load(sys.argv[1], weights_only=True)
 out = []
@@ -328,7 +331,7 @@ def test_damaged_or_foreign_checkpoints_are_user_errors(tmp_path: Path, random_b
 
 
 def assert_kept_slices(
-    original: nn.Module, pruned: nn.Module, view: prune.GroupView, removed_root: list[int]
+    original: nn.Module, pruned: nn.Module, view: groups.GroupView, removed_root: list[int]
 ) -> None:
     """Every layer of the group lost the same channels: pruned params are the original's kept slices."""
     gone = set(removed_root)
@@ -435,8 +438,8 @@ def test_residual_group_is_pruned_as_one_and_the_model_still_trains(case: str) -
     spec, group, rate, expected = COUPLED_CASES[case]
     original = randomized(spec)
     model = copy.deepcopy(original)
-    graph = prune.build_graph(original, spec.example_inputs())
-    view = prune.view_of(group, prune.current_groups(original, graph)[group], graph)
+    graph = groups.build_graph(original, spec.example_inputs())
+    view = groups.view_of(group, groups.current_groups(original, graph)[group], graph)
 
     result = prune.apply(model, Policy(model=spec, groups={group: GroupPolicy(rate, "l1")}))
 
@@ -457,9 +460,9 @@ def test_residual_group_is_pruned_as_one_and_the_model_still_trains(case: str) -
 
 
 @pytest.fixture(scope="module")
-def calibration(mnist5k_splits: Any) -> criteria.ScoringInputs:
-    cal = criteria.Calibration(mnist5k_splits.calibration, "mnist5k", num_images=32, batch_size=32)
-    return criteria.ScoringInputs(calibration=cal, num_classes=10)
+def calibration(mnist5k_splits: Any) -> ScoringInputs:
+    cal = Calibration(mnist5k_splits.calibration, "mnist5k", num_images=32, batch_size=32)
+    return ScoringInputs(calibration=cal, num_classes=10)
 
 
 def every_group(model: nn.Module, criterion: str, rate: float = 0.5, **kwargs: Any) -> Policy:
@@ -469,7 +472,7 @@ def every_group(model: nn.Module, criterion: str, rate: float = 0.5, **kwargs: A
 
 @pytest.mark.parametrize("criterion", [*DATA_FREE, "taylor"])
 def test_criterion_prunes_every_group_deterministically(
-    criterion: str, calibration: criteria.ScoringInputs
+    criterion: str, calibration: ScoringInputs
 ) -> None:
     original = randomized(RESNET20_MNIST)
     scoring = calibration if criterion == "taylor" else None
@@ -481,9 +484,9 @@ def test_criterion_prunes_every_group_deterministically(
     (model, result), (_, again) = runs
     assert result.history == again.history
     # Half of every group's channels are gone, lowest-scored first.
-    graph = prune.build_graph(original, RESNET20_MNIST.example_inputs())
-    views = [prune.view_of(n, g, graph) for n, g in prune.current_groups(original, graph).items()]
-    ctx = criteria.ScoringContext.create(original, graph, policy, scoring)
+    graph = groups.build_graph(original, RESNET20_MNIST.example_inputs())
+    views = [groups.view_of(n, g, graph) for n, g in groups.current_groups(original, graph).items()]
+    ctx = ScoringContext.create(original, graph, policy, scoring)
     scores = criteria.get(criterion).score_all(views, ctx)
     for view in views:
         n = round(0.5 * view.channels)
@@ -589,7 +592,7 @@ def test_iterative_steps_rescore_between_steps_and_are_deterministic() -> None:
 
 
 def test_iterative_data_driven_scores_are_recomputed_each_step(
-    calibration: criteria.ScoringInputs,
+    calibration: ScoringInputs,
 ) -> None:
     model = randomized(RESNET20_MNIST)
     policy = every_group(model, "taylor", schedule=Schedule(iterative_steps=2))
@@ -602,14 +605,14 @@ def test_iterative_data_driven_scores_are_recomputed_each_step(
 
 @pytest.mark.parametrize(("total", "steps"), [(0, 3), (1, 3), (7, 2), (10, 3), (63, 5)])
 def test_removal_schedule_adds_up(total: int, steps: int) -> None:
-    schedule = prune.removal_schedule(total, steps)
+    schedule = groups.removal_schedule(total, steps)
     assert len(schedule) == steps and sum(schedule) == total
     assert max(schedule) - min(schedule) <= 1
 
 
 def test_a_group_always_keeps_a_channel() -> None:
-    assert prune.channels_to_remove(0.999, 16) == 15
-    assert prune.channels_to_remove(0.0, 16) == 0
+    assert groups.channels_to_remove(0.999, 16) == 15
+    assert groups.channels_to_remove(0.0, 16) == 0
     model = randomized(RESNET20_MNIST)
     prune.apply(model, Policy(model=RESNET20_MNIST, groups={"layer1.0.conv1": GroupPolicy(0.99)}))
     assert conv(model, "layer1.0.conv1").out_channels == 1

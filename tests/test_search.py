@@ -76,7 +76,7 @@ def test_search_resume_export_and_replay(
     assert main(["replay", str(exported[0]), "--epochs", "0.1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "test acc" in printed
-    from autoprune.replay import load_checkpoint
+    from autoprune.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out)
     assert abs(ckpt.metrics["macs_ratio"] - policy.measured["macs_ratio"]) <= 0.005
@@ -273,7 +273,7 @@ def test_ray_searcher_stops_once_another_driver_finished_the_study(
 
     from autoprune.base import load_base
     from autoprune.config import SearchConfig
-    from autoprune.runner import _policy_searcher
+    from autoprune.executors.ray_tune import policy_searcher
     from autoprune.space import SearchSpace, build_context
 
     study = optuna.create_study(
@@ -286,7 +286,7 @@ def test_ray_searcher_stops_once_another_driver_finished_the_study(
 
     def searcher(trials: int) -> Any:
         config = SearchConfig(trials=trials, executor="ray", budget_flops=0.5)
-        return _policy_searcher(study, space, ctx, config, None)  # type: ignore[arg-type]
+        return policy_searcher(study, space, ctx, config, None)  # type: ignore[arg-type]
 
     assert searcher(2).suggest("a") == Searcher.FINISHED
     assert study.get_trials()[-1].state is TrialState.COMPLETE, "no trial was asked for"
@@ -309,8 +309,9 @@ def test_local_driver_stops_when_the_shared_study_is_already_full(
 ) -> None:
     from autoprune.base import load_base
     from autoprune.config import SearchConfig
+    from autoprune.executors.local import run_local
     from autoprune.objective import ObjectiveConfig
-    from autoprune.runner import Progress, _run_local
+    from autoprune.progress import Progress
     from autoprune.space import SearchSpace, build_context
 
     study = optuna.create_study(
@@ -321,7 +322,7 @@ def test_local_driver_stops_when_the_shared_study_is_already_full(
     config = SearchConfig(trials=2, executor="local", budget_flops=0.5)
     ctx = build_context(load_base(trained_base), 0.5, 0)
     objective = ObjectiveConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
-    with Progress(2, 2, 0.5, 1, quiet=True) as progress:
+    with Progress(2, 2, 0.5, quiet=True) as progress:
         # This driver still thinks 3 trials are missing: it must ask for none.
-        _run_local(study, SearchSpace.load(FAST_SPACE), ctx, objective, config, 3, progress)
+        run_local(study, SearchSpace.load(FAST_SPACE), ctx, objective, config, 3, progress)
     assert len(study.get_trials()) == 2

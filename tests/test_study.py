@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from autoprune import study as studies
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.export import export_front
 from autoprune.models import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
@@ -164,7 +165,7 @@ def test_export_writes_front_policies_summary_and_plot(tmp_path: Path) -> None:
             budget=0.5,
         )
     out = tmp_path / "policies"
-    written = studies.export_front(study, out)
+    written = export_front(study, out)
     assert [p.name for p in written] == ["trial-0001.yaml", "trial-0000.yaml"]
     assert Policy.load(written[0]).model.name == "resnet20"
     assert (out / "front.yaml").is_file() and (out / "front.png").stat().st_size > 1000

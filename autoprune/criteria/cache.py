@@ -9,10 +9,11 @@ atomically, so concurrent trial workers on one host never see a half-written fil
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
+
+from autoprune.files import save_torch
 
 
 class ScoreCache:
@@ -40,8 +41,4 @@ class ScoreCache:
         return scores if isinstance(scores, dict) else None
 
     def put(self, key: str, scores: dict[str, torch.Tensor]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({k: v.detach().cpu() for k, v in scores.items()}, tmp)
-        os.replace(tmp, path)
+        save_torch(self._path(key), {k: v.detach().cpu() for k, v in scores.items()})

@@ -21,12 +21,14 @@ removed (at most the group's projected rate, see :func:`autoprune.prune.apply`),
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from autoprune.criteria import ChannelTaps, Criterion, ScoringContext, register, scoring_mode
+from autoprune.criteria import Criterion, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.criteria.taps import ChannelTaps
+from autoprune.groups import GroupView
+from autoprune.modes import model_mode
 
 
 @register("class_aware")
@@ -49,10 +51,10 @@ class ClassAwareCount(Criterion):
         section = getattr(ctx.policy, "class_aware", None)
         return int(getattr(section, "samples_per_class", 10))
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[Any], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
         batches = ctx.class_balanced_batches(self._samples_per_class(ctx))
         total: dict[int, torch.Tensor] = {}  # tap -> sum over finished classes of shares
         current: dict[int, torch.Tensor] = {}  # tap -> counts of the class being processed
@@ -66,7 +68,7 @@ class ClassAwareCount(Criterion):
             current.clear()
             state["images"] = 0
 
-        with scoring_mode(ctx.model, ctx.device) as model:
+        with model_mode(ctx.model, device=ctx.device) as model:
             taps = ChannelTaps(model, groups, batches[0][0][:2].to(ctx.device), point="layer")
             kept: dict[int, torch.Tensor] = {}
 

@@ -7,11 +7,13 @@ is the average over the calibration images. Forward passes only, no labels.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from autoprune.criteria import ChannelTaps, Criterion, ScoringContext, register, scoring_mode
+from autoprune.criteria import Criterion, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.criteria.taps import ChannelTaps
+from autoprune.groups import GroupView
+from autoprune.modes import model_mode
 
 
 def channel_energy(features: torch.Tensor) -> torch.Tensor:
@@ -34,21 +36,21 @@ class NuclearNormEnergy(Criterion):
     """Mean nuclear norm of each channel's post-activation feature map over the calibration set.
 
     For a coupled group the channel's score is the mean over the maps it appears in (see
-    :class:`autoprune.criteria.ChannelTaps`). One forward pass over the calibration set scores
+    :class:`autoprune.criteria.taps.ChannelTaps`). One forward pass over the calibration set scores
     every group.
     """
 
     needs = frozenset({"weights", "activations"})
     description = "nuclear-norm energy of each channel's feature maps (Yeom et al. 2021)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[Any], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
         batches = ctx.calibration_batches()
         sums: dict[int, torch.Tensor] = {}
         seen = 0
-        with scoring_mode(ctx.model, ctx.device) as model:
+        with model_mode(ctx.model, device=ctx.device) as model:
             taps = ChannelTaps(model, groups, batches[0][0][:2].to(ctx.device))
 
             def on_tap(tap: int, output: torch.Tensor) -> None:

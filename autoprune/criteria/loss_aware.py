@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.criteria import Criterion, ScoringContext, register, scoring_mode
+from autoprune.criteria import Criterion, get, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.groups import GroupView, channels_to_remove, removal_schedule
+from autoprune.modes import model_mode
 
 DEFAULT_POOL = ("l1", "l2", "fpgm", "cos")
 DEFAULT_IMAGES = 64
@@ -51,10 +54,7 @@ class LossAwareSelection(Criterion):
         section = getattr(policy, "loss_aware", None)
         return int(getattr(section, "images", None) or DEFAULT_IMAGES)
 
-    def select(self, groups: list[Any], ctx: ScoringContext) -> dict[str, str]:
-        from autoprune.criteria import get
-        from autoprune.prune import channels_to_remove, removal_schedule
-
+    def select(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, str]:
         pool = self.pool_for(ctx.policy)
         bad = [c for c in pool if get(c).is_selection_rule]
         if bad:
@@ -62,7 +62,7 @@ class LossAwareSelection(Criterion):
         proposals = {name: ctx.scores(name, groups) for name in pool}
         subset = _subset(ctx.calibration_batches(), self.images_for(ctx.policy))
         chosen: dict[str, str] = {}
-        with scoring_mode(ctx.model, ctx.device) as model:
+        with model_mode(ctx.model, device=ctx.device) as model:
             for view in groups:
                 # The proposals are compared at the size of the group's first pruning step
                 # (LAASP prunes a step, then measures); a group whose first step removes
@@ -111,7 +111,7 @@ def _loss(
 
 
 @contextlib.contextmanager
-def masked_channels(view: Any, channels: tuple[int, ...]) -> Iterator[None]:
+def masked_channels(view: GroupView, channels: tuple[int, ...]) -> Iterator[None]:
     """Within the block, group channels ``channels`` read as zero by every layer consuming them.
 
     That is the network the group computes once those channels are removed: their filters,

@@ -8,27 +8,25 @@ channel that is strong in any coupled layer is kept.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from autoprune.criteria import (
-    Criterion,
-    ScoringContext,
-    register,
-    scatter_to_root,
-    scoring_mode,
-    weight_matrix,
-)
+from autoprune.criteria import Criterion, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.criteria.filters import scatter_to_root, weight_matrix
+from autoprune.groups import BATCH_NORMS, GroupMember, GroupView
+from autoprune.modes import model_mode
 
 
-def _sum_over_out_layers(group: Any, per_layer: Any) -> torch.Tensor:
+def _sum_over_out_layers(
+    group: GroupView, per_layer: Callable[[GroupMember], torch.Tensor]
+) -> torch.Tensor:
     total = torch.zeros(group.channels)
     layers = group.out_layers()
     if not layers:  # a group rooted at a layer we cannot read: score by its BN, else flat
-        layers = group.out_layers((nn.modules.batchnorm._BatchNorm,))
+        layers = group.out_layers(BATCH_NORMS)
     for member in layers:
         total += scatter_to_root(per_layer(member), member, group.channels)
     return total
@@ -41,7 +39,7 @@ class L1Norm(Criterion):
     needs = frozenset({"weights"})
     description = "L1 norm of each output filter (summed over coupled layers)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         return _sum_over_out_layers(group, lambda m: weight_matrix(m).abs().sum(1))
 
 
@@ -52,7 +50,7 @@ class L2Norm(Criterion):
     needs = frozenset({"weights"})
     description = "L2 norm of each output filter (summed over coupled layers)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         return _sum_over_out_layers(group, lambda m: weight_matrix(m).norm(dim=1))
 
 
@@ -68,7 +66,7 @@ class LayerAdaptiveMagnitude(Criterion):
     needs = frozenset({"weights"})
     description = "layer-adaptive magnitude (LAMP): squared norm over the larger filters' total"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         squared = _sum_over_out_layers(
             group, lambda m: weight_matrix(m).double().pow(2).sum(1)
         ).double()
@@ -91,18 +89,14 @@ class BatchNormScale(Criterion):
     needs = frozenset({"weights"})
     description = "absolute BatchNorm scale (gamma) of each channel"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         total = torch.zeros(group.channels)
-        bns = [
-            m
-            for m in group.members
-            if isinstance(m.module, nn.modules.batchnorm._BatchNorm) and m.module.affine
-        ]
+        bns = [m for m in group.members if isinstance(m.module, BATCH_NORMS) and m.module.affine]
         if not bns:
             return L1Norm().score(group, ctx)
         for member in bns:
             total += scatter_to_root(
-                member.module.weight.detach()[member.idxs].abs(), member, group.channels
+                member.weight.detach()[member.idxs].abs(), member, group.channels
             )
         return total
 
@@ -114,12 +108,12 @@ class Taylor(Criterion):
     needs = frozenset({"weights", "labels", "gradients"})
     description = "first-order Taylor |w * grad| on calibration data (one backward pass)"
 
-    def score_all(self, groups: list[Any], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
         batches = ctx.calibration_batches()
         images_total = sum(len(y) for _, y in batches)
 
-        def per_layer(member: Any) -> torch.Tensor:
-            w = member.module.weight
+        def per_layer(member: GroupMember) -> torch.Tensor:
+            w = member.weight
             grad = w.grad if w.grad is not None else torch.zeros_like(w)
             prod = (w.detach() * grad).abs()
             return (
@@ -128,7 +122,7 @@ class Taylor(Criterion):
                 else prod.transpose(0, 1)[member.idxs].flatten(1).sum(1)
             )
 
-        with scoring_mode(ctx.model, ctx.device) as model, torch.enable_grad():
+        with model_mode(ctx.model, device=ctx.device) as model, torch.enable_grad():
             model.zero_grad(set_to_none=True)
             try:
                 for images, labels in batches:
@@ -148,7 +142,7 @@ class RandomScore(Criterion):
     needs = frozenset({"weights"})
     description = "random scores (seeded baseline)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         digest = hashlib.sha256(f"{ctx.seed}/{group.name}/{ctx.step}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
         return torch.rand(group.channels, generator=generator)

@@ -39,7 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from autoprune.criteria import ChannelTaps, Criterion, ScoringContext, register, scoring_mode
+from autoprune.criteria import Criterion, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.criteria.taps import ChannelTaps
+from autoprune.groups import GroupView
+from autoprune.modes import model_mode
 
 ALPHA, BETA = 2.0, 1.0
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -129,10 +133,10 @@ class FeatureRelevance(Criterion):
     needs = frozenset({"weights", "activations", "labels", "gradients"})
     description = "feature relevance by LRP alpha2-beta1 from the true class (Aketi et al. 2020)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[Any], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
         per_class, counts, losses, taps = channel_relevance(groups, ctx)
         weights = class_weights(losses, counts)
         mean = {t: r / counts.clamp(min=1).unsqueeze(1) for t, r in per_class.items()}
@@ -142,7 +146,7 @@ class FeatureRelevance(Criterion):
 
 
 def channel_relevance(
-    groups: list[Any], ctx: ScoringContext, *, canonize: bool = True
+    groups: list[GroupView], ctx: ScoringContext, *, canonize: bool = True
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor, ChannelTaps]:
     """One LRP pass over the calibration set.
 
@@ -156,7 +160,7 @@ def channel_relevance(
     per_class: dict[int, torch.Tensor] = {}
     counts = torch.zeros(num_classes, dtype=torch.float64)
     losses = torch.zeros(num_classes, dtype=torch.float64)
-    with scoring_mode(ctx.model, ctx.device) as model:
+    with model_mode(ctx.model, device=ctx.device) as model:
         probe = batches[0][0][:2].to(ctx.device)
         taps = ChannelTaps(model, groups, probe)
         with explainer(model, taps, probe, canonize=canonize) as explain:

@@ -6,15 +6,16 @@ channel is compared through all the convolutions that write it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from autoprune.criteria import Criterion, ScoringContext, register, weight_matrix
+from autoprune.criteria import Criterion, register
+from autoprune.criteria.context import ScoringContext
+from autoprune.criteria.filters import weight_matrix
+from autoprune.groups import GroupView
 
 
-def _coupled_filters(group: Any) -> torch.Tensor:
+def _coupled_filters(group: GroupView) -> torch.Tensor:
     """(channels, features) matrix: each row one channel's filters across coupled layers."""
     parts = []
     for member in group.out_layers():
@@ -39,7 +40,7 @@ class GeometricMedian(Criterion):
     needs = frozenset({"weights"})
     description = "distance to the other filters (geometric median, FPGM)"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         w = _coupled_filters(group).double()
         return torch.cdist(w, w).sum(1).float()
 
@@ -51,6 +52,6 @@ class CosineRedundancy(Criterion):
     needs = frozenset({"weights"})
     description = "sum of (1 - cosine similarity) to the other filters"
 
-    def score(self, group: Any, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
         w = F.normalize(_coupled_filters(group).double(), dim=1)
         return (1.0 - w @ w.t()).sum(1).float()

@@ -1,4 +1,4 @@
-"""Pruned checkpoints: policy -> checkpoint, and checkpoint -> model.
+"""Pruned checkpoints: replay a policy into one (policy -> checkpoint), load one (-> model).
 
 A pruned checkpoint never pickles modules. It is a plain dict that loads with
 ``torch.load(weights_only=True)``::
@@ -12,17 +12,20 @@ the pruning history with torch-pruning's ``load_pruning_history`` and loads the 
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from autoprune.base import load_base
 from autoprune.errors import UserError
+from autoprune.files import read_torch_file, save_torch
 from autoprune.models import ModelSpec
+from autoprune.objective import ObjectiveConfig, base_macs_params, finetune, prune_policy
 from autoprune.policy import Policy
+from autoprune.prune import replay_history
+from autoprune.train import evaluate
 
 CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 
@@ -46,11 +49,7 @@ def save_checkpoint(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "base_sha256": base_sha256,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_torch(path, payload)
 
 
 @dataclass
@@ -70,9 +69,6 @@ def load_checkpoint(path: str | Path, payload: Any = None) -> LoadedCheckpoint:
     Raises:
         UserError: the file is missing, not a pruned autoprune checkpoint, or does not fit.
     """
-    from autoprune.base import read_torch_file
-    from autoprune.prune import replay_history
-
     path = Path(path)
     if payload is None:
         payload = read_torch_file(path, "checkpoint", "give a file written by `autoprune replay`")
@@ -127,10 +123,6 @@ def replay(
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
     evaluated as well.
     """
-    from autoprune.base import load_base
-    from autoprune.objective import ObjectiveConfig, base_macs_params, finetune, prune_policy
-    from autoprune.train import evaluate
-
     checkpoint = base_checkpoint or policy.base.checkpoint
     if not checkpoint:
         raise UserError(
@@ -148,7 +140,7 @@ def replay(
         threads=threads,
     )
     # The applied policy's rates are exact; projecting again would be a no-op but costs a trace.
-    pruned = prune_policy(config, policy, log)
+    pruned = prune_policy(config, policy)
     retrain_epochs = epochs if epochs is not None else pruned.policy.retrain.epochs * 10
     log(f"replay: fine-tuning the pruned model for {retrain_epochs:g} epochs")
     finetune(pruned, config, retrain_epochs, log)
@@ -165,17 +157,16 @@ def replay(
         "base_test_accuracy": float(base.metrics.get("test_accuracy", float("nan"))),
         "finetune_epochs": float(retrain_epochs),
     }
-    applied = replace(pruned.policy, measured={**pruned.policy.measured})
     out_path = (
         Path(out) if out else Path(checkpoint).with_name(f"{Path(checkpoint).stem}-pruned.pt")
     )
     pruned.model.cpu()
-    save_checkpoint(out_path, pruned.model, pruned.history, applied, metrics, base.sha256)
+    save_checkpoint(out_path, pruned.model, pruned.history, pruned.policy, metrics, base.sha256)
     return ReplayResult(
         out_path,
         test.accuracy,
         val.accuracy,
         metrics["macs_ratio"],
         metrics["params_ratio"],
-        applied,
+        pruned.policy,
     )

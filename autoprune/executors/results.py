@@ -1,0 +1,51 @@
+"""A trial's report: what a worker sends back to the driver, and how the driver reads it.
+
+Ray Tune carries results as flat dicts of numbers and strings, so the applied policy, the
+timings and the counters travel as JSON strings and are decoded on the driver. A problem the
+user caused (e.g. an unreachable target) is reported as ``{"error": message}``, so the trial
+ends FAIL with that reason while the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autoprune.errors import UserError
+from autoprune.objective import Metrics, ObjectiveConfig, evaluate_policy
+from autoprune.policy import Policy
+
+
+def encode(metrics: Metrics) -> dict[str, Any]:
+    """What a trial reports: flat numbers, plus the applied policy and timings as JSON strings."""
+    return {
+        "val_accuracy": metrics.val_accuracy,
+        "macs_ratio": metrics.macs_ratio,
+        "params_ratio": metrics.params_ratio,
+        "macs": metrics.macs,
+        "params": metrics.params,
+        "val_loss": metrics.val_loss,
+        "policy_json": json.dumps(metrics.policy.to_dict()),
+        "timings_json": json.dumps(metrics.timings),
+        "counters_json": json.dumps(metrics.counters),
+    }
+
+
+def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The driver's view of a report: JSON fields parsed back (``policy``, ``timings``, ...)."""
+    if not result:
+        return result
+    out = dict(result)
+    for key in ("policy", "timings", "counters"):
+        raw = out.pop(f"{key}_json", None)
+        if raw is not None:
+            out[key] = json.loads(raw)
+    return out
+
+
+def evaluate_for_trial(objective: ObjectiveConfig, policy_dict: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a policy; a user-caused problem (e.g. unreachable target) is reported, not raised."""
+    try:
+        return encode(evaluate_policy(objective, Policy.from_dict(policy_dict)))
+    except UserError as exc:
+        return {"error": str(exc)}
