@@ -1,4 +1,4 @@
-"""Training, fine-tuning and evaluation loops.
+"""Training: the Retrain recipe, the fit and evaluate loops, BatchNorm recalibration.
 
 One loop serves base training (``autoprune train``), the short fine-tune of every search trial
 and the longer fine-tune of ``replay``. Epochs may be fractional (``0.5`` = half an epoch of

@@ -1,17 +1,18 @@
-"""Command-line interface: one function per verb.
+"""The verbs: one function each; it validates its arguments, calls the library, and prints.
 
-Each verb parses and validates its arguments, calls the library, and prints. Heavy modules
-(torch, Ray, Optuna) are imported inside the verbs so ``autoprune --help`` is instant.
-A :class:`~autoprune.errors.UserError` is printed as one line and exits with status 2.
+Heavy modules (torch, Ray, Optuna) are imported inside the verbs, so ``autoprune --help``
+stays instant. A user's mistake is raised as :class:`~autoprune.errors.UserError`; ``main``
+prints it on one line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
+from autoprune.cli.tables import print_front, print_table
 from autoprune.errors import UserError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -31,25 +32,6 @@ def verb(
     return wrap
 
 
-def _print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_lines=False)
-    for h in headers:
-        table.add_column(
-            h,
-            justify="right"
-            if h.endswith(("%", "ratio", "acc", "accuracy", "channels", "share"))
-            else "left",
-        )
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
-    Console(width=200).print(table)
-
-
 # --------------------------------------------------------------------------- registries
 
 
@@ -57,7 +39,7 @@ def _print_table(
 def cmd_models(args: argparse.Namespace) -> int:
     from autoprune import models
 
-    _print_table(["model", "description"], models.describe(), title="models")
+    print_table(["model", "description"], models.describe(), title="models")
     return 0
 
 
@@ -65,7 +47,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from autoprune import data
 
-    _print_table(["dataset", "description"], data.describe(), title="datasets")
+    print_table(["dataset", "description"], data.describe(), title="datasets")
     return 0
 
 
@@ -149,7 +131,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
         return 0
     rows = [(g.name, g.channels, f"{100 * g.macs_share:.1f}", len(g.layers)) for g in groups]
-    _print_table(
+    print_table(
         ["group (root module)", "channels", "MACs share %", "layers"],
         rows,
         title=f"{spec.name} {list(spec.input_shape)}: {len(groups)} prunable groups, {macs / 1e6:.2f}M MACs, {params / 1e6:.3f}M params",
@@ -173,7 +155,7 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
     splits = data.create(dataset, root=args.data_root)
     calibration = Calibration(splits.calibration, splits.name, num_images=args.calibration_images)
     rows = depth.block_scores(model, calibration.batches(), num_classes=splits.num_classes)  # type: ignore[arg-type]
-    _print_table(
+    print_table(
         ["block", "VIP score", "removable", "MACs share %"],
         [
             (r.name, f"{r.score:.4f}", "yes" if r.removable else "no", f"{100 * r.macs_share:.2f}")
@@ -199,35 +181,6 @@ def _search_config(args: argparse.Namespace) -> object:
     return SearchConfig(**values)
 
 
-def _print_front(study_obj: object, title: str) -> None:
-    from collections import Counter
-
-    from autoprune.study import pareto_front
-
-    front = pareto_front(study_obj)  # type: ignore[arg-type]
-    if not front:
-        print("no feasible completed trial yet: the Pareto front is empty")
-        return
-    rows = []
-    for p in front:
-        crits = Counter(g.criterion for g in p.policy.groups.values())
-        rows.append(
-            (
-                p.number,
-                f"{p.val_accuracy:.4f}",
-                f"{p.macs_ratio:.4f}",
-                f"{p.params_ratio:.4f}",
-                " ".join(f"{c}x{n}" for c, n in crits.most_common()),
-                len(p.policy.depth.drop_blocks),
-            )
-        )
-    _print_table(
-        ["trial", "val acc", "MACs ratio", "params ratio", "criteria", "blocks dropped"],
-        rows,
-        title=title,
-    )
-
-
 @verb("search")
 def cmd_search(args: argparse.Namespace) -> int:
     from autoprune import study as studies
@@ -236,7 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = _search_config(args)
     outcome = search(config, quiet=args.quiet)  # type: ignore[arg-type]
     study_obj = studies.load_study(studies.open_storage(outcome.storage), outcome.study_name)
-    _print_front(
+    print_front(
         study_obj,
         f"feasible Pareto front of '{outcome.study_name}' ({outcome.complete} complete trials)",
     )
@@ -262,7 +215,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     }
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
     outcome = search(config, quiet=args.quiet)
-    _print_front(
+    print_front(
         studies.load_study(storage, args.name),
         f"feasible Pareto front of '{args.name}' ({outcome.complete} complete trials)",
     )
@@ -277,7 +230,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
         (s.name, "" if s.budget is None else s.budget, s.complete, s.failed, s.running, s.front)
         for s in studies.summaries(studies.open_storage(args.storage))
     ]
-    _print_table(
+    print_table(
         ["study", "budget", "complete", "failed", "running", "front"], rows, title="studies"
     )
     return 0
@@ -288,7 +241,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from autoprune import study as studies
 
     study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
-    _print_front(study_obj, f"feasible Pareto front of '{args.name}'")
+    print_front(study_obj, f"feasible Pareto front of '{args.name}'")
     return 0
 
 
@@ -340,7 +293,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
     )
-    _print_table(
+    print_table(
         ["test acc", "val acc", "MACs ratio", "params ratio", "checkpoint"],
         [
             (
@@ -384,7 +337,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     except OnnxCheckError as exc:
         print(f"autoprune onnx: {exc}; nothing written to {out}", file=sys.stderr)
         return 1
-    _print_table(
+    print_table(
         [
             "onnx file",
             "size MB",
@@ -417,155 +370,3 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="folder holding the dataset (cifar10/cifar100)")
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download the dataset into --data-root",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="autoprune",
-        description="AutoML search over structured pruning policies for CNNs.",
-        epilog="Start with: autoprune search --budget-flops 0.5   (ResNet-20 on the bundled MNIST-5k)",
-    )
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-
-    sub.add_parser("models", help="list the model registry")
-    sub.add_parser("datasets", help="list the dataset registry")
-
-    p = sub.add_parser("train", help="train a base model and write a base checkpoint")
-    p.add_argument("--model", default="resnet20", help="model name (see `autoprune models`)")
-    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `autoprune datasets`)")
-    p.add_argument("--epochs", type=float, default=4.0, help="training epochs (default 4)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--out", help="checkpoint path (default: studies/base/MODEL-DATASET.pt)")
-    _add_data_args(p)
-
-    p = sub.add_parser(
-        "inspect", help="list a model's prunable DepGraph groups (or residual block scores)"
-    )
-    p.add_argument("--model", default="resnet20")
-    p.add_argument(
-        "--dataset", help="take input shape and classes from a dataset (needed for --blocks)"
-    )
-    p.add_argument(
-        "--base-checkpoint", help="inspect a trained base checkpoint instead of a fresh model"
-    )
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument(
-        "--blocks",
-        action="store_true",
-        help="score residual blocks by PLS-VIP (discriminative layer pruning)",
-    )
-    p.add_argument("--calibration-images", type=int, default=256)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_data_args(p)
-
-    p = sub.add_parser("search", help="search pruning policies under a MACs budget (resumable)")
-    p.add_argument(
-        "--budget-flops",
-        type=float,
-        default=0.5,
-        help="max pruned/base MACs ratio, in (0, 1] (default 0.5)",
-    )
-    p.add_argument("--model", help="model of the base checkpoint (default resnet20)")
-    p.add_argument("--dataset", help="dataset (default mnist5k)")
-    p.add_argument(
-        "--base-checkpoint",
-        help="base checkpoint (default: embedded ResNet-20/MNIST-5k, trained once)",
-    )
-    p.add_argument(
-        "--space", help="search space name in search_spaces/ or a YAML path (default: default)"
-    )
-    p.add_argument("--trials", type=int, help="the study's total of complete trials (default 12)")
-    p.add_argument("--sampler", help="tpe | nsga2 | gp | random (default tpe)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--executor", help="ray (default) | local")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default 2)")
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.5")
-    p.add_argument("--ray-address", help="join an existing Ray cluster ('auto' or host:port)")
-    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autoprune.db)")
-    p.add_argument("--study", help="study name (default: MODEL-DATASET-SPACE-bBUDGET)")
-    p.add_argument("--device", help="device inside trials: auto | cpu | cuda")
-    p.add_argument("--calibration-images", type=int)
-    p.add_argument("--data-root")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = sub.add_parser("resume", help="continue a study with the config stored in it")
-    p.add_argument("name")
-    p.add_argument("--storage")
-    p.add_argument("--trials", type=int, help="new total of complete trials")
-    p.add_argument("--executor")
-    p.add_argument("--max-concurrent", type=int)
-    p.add_argument("--quiet", action="store_true")
-
-    p = sub.add_parser("studies", help="list studies with trial counts")
-    p.add_argument("--storage")
-
-    p = sub.add_parser("show", help="print a study's feasible Pareto front")
-    p.add_argument("name")
-    p.add_argument("--storage")
-
-    p = sub.add_parser("export", help="write a study's Pareto-front policies as YAML files")
-    p.add_argument("name")
-    p.add_argument("--storage")
-    p.add_argument("--out", help="folder (default policies/NAME)")
-
-    p = sub.add_parser("replay", help="policy -> pruned, fine-tuned checkpoint with test accuracy")
-    p.add_argument("policy", nargs="?", help="policy YAML file")
-    p.add_argument("--study", help="replay the winning policy of this study instead of a file")
-    p.add_argument("--storage")
-    p.add_argument("--base-checkpoint", help="override the policy's base checkpoint path")
-    p.add_argument(
-        "--epochs", type=float, help="fine-tune epochs (default: the policy's retrain epochs x 10)"
-    )
-    p.add_argument("--out", help="checkpoint path (default: next to the base checkpoint)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--data-root")
-    p = sub.add_parser(
-        "onnx",
-        help="export a checkpoint to ONNX and check it under ONNX Runtime (needs the onnx extra)",
-    )
-    p.add_argument("checkpoint", help="a pruned checkpoint (replay --out) or a base checkpoint")
-    p.add_argument("--out", help="ONNX file (default: the checkpoint's path with .onnx)")
-    p.add_argument("--batch", type=int, default=8, help="images compared with PyTorch (default 8)")
-    p.add_argument("--repeats", type=int, default=30, help="timed runs per runtime (default 30)")
-    p.add_argument("--threads", type=int, help="CPU threads for both runtimes")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.verb is None:
-        parser.print_help()
-        return 0
-    try:
-        return VERBS[args.verb](args) or 0
-    except UserError as exc:
-        print(f"autoprune {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

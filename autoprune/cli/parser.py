@@ -1,0 +1,134 @@
+"""The command line's grammar: every verb's arguments, defaults and help (argparse)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder holding the dataset (cifar10/cifar100)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download the dataset into --data-root",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoprune",
+        description="AutoML search over structured pruning policies for CNNs.",
+        epilog="Start with: autoprune search --budget-flops 0.5   (ResNet-20 on the bundled MNIST-5k)",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    sub.add_parser("models", help="list the model registry")
+    sub.add_parser("datasets", help="list the dataset registry")
+
+    p = sub.add_parser("train", help="train a base model and write a base checkpoint")
+    p.add_argument("--model", default="resnet20", help="model name (see `autoprune models`)")
+    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `autoprune datasets`)")
+    p.add_argument("--epochs", type=float, default=4.0, help="training epochs (default 4)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", help="checkpoint path (default: studies/base/MODEL-DATASET.pt)")
+    _add_data_args(p)
+
+    p = sub.add_parser(
+        "inspect", help="list a model's prunable DepGraph groups (or residual block scores)"
+    )
+    p.add_argument("--model", default="resnet20")
+    p.add_argument(
+        "--dataset", help="take input shape and classes from a dataset (needed for --blocks)"
+    )
+    p.add_argument(
+        "--base-checkpoint", help="inspect a trained base checkpoint instead of a fresh model"
+    )
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument(
+        "--blocks",
+        action="store_true",
+        help="score residual blocks by PLS-VIP (discriminative layer pruning)",
+    )
+    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_data_args(p)
+
+    p = sub.add_parser("search", help="search pruning policies under a MACs budget (resumable)")
+    p.add_argument(
+        "--budget-flops",
+        type=float,
+        default=0.5,
+        help="max pruned/base MACs ratio, in (0, 1] (default 0.5)",
+    )
+    p.add_argument("--model", help="model of the base checkpoint (default resnet20)")
+    p.add_argument("--dataset", help="dataset (default mnist5k)")
+    p.add_argument(
+        "--base-checkpoint",
+        help="base checkpoint (default: embedded ResNet-20/MNIST-5k, trained once)",
+    )
+    p.add_argument(
+        "--space", help="search space name in search_spaces/ or a YAML path (default: default)"
+    )
+    p.add_argument("--trials", type=int, help="the study's total of complete trials (default 12)")
+    p.add_argument("--sampler", help="tpe | nsga2 | gp | random (default tpe)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--executor", help="ray (default) | local")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default 2)")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.5")
+    p.add_argument("--ray-address", help="join an existing Ray cluster ('auto' or host:port)")
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autoprune.db)")
+    p.add_argument("--study", help="study name (default: MODEL-DATASET-SPACE-bBUDGET)")
+    p.add_argument("--device", help="device inside trials: auto | cpu | cuda")
+    p.add_argument("--calibration-images", type=int)
+    p.add_argument("--data-root")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("resume", help="continue a study with the config stored in it")
+    p.add_argument("name")
+    p.add_argument("--storage")
+    p.add_argument("--trials", type=int, help="new total of complete trials")
+    p.add_argument("--executor")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("studies", help="list studies with trial counts")
+    p.add_argument("--storage")
+
+    p = sub.add_parser("show", help="print a study's feasible Pareto front")
+    p.add_argument("name")
+    p.add_argument("--storage")
+
+    p = sub.add_parser("export", help="write a study's Pareto-front policies as YAML files")
+    p.add_argument("name")
+    p.add_argument("--storage")
+    p.add_argument("--out", help="folder (default policies/NAME)")
+
+    p = sub.add_parser("replay", help="policy -> pruned, fine-tuned checkpoint with test accuracy")
+    p.add_argument("policy", nargs="?", help="policy YAML file")
+    p.add_argument("--study", help="replay the winning policy of this study instead of a file")
+    p.add_argument("--storage")
+    p.add_argument("--base-checkpoint", help="override the policy's base checkpoint path")
+    p.add_argument(
+        "--epochs", type=float, help="fine-tune epochs (default: the policy's retrain epochs x 10)"
+    )
+    p.add_argument("--out", help="checkpoint path (default: next to the base checkpoint)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--data-root")
+    p = sub.add_parser(
+        "onnx",
+        help="export a checkpoint to ONNX and check it under ONNX Runtime (needs the onnx extra)",
+    )
+    p.add_argument("checkpoint", help="a pruned checkpoint (replay --out) or a base checkpoint")
+    p.add_argument("--out", help="ONNX file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--batch", type=int, default=8, help="images compared with PyTorch (default 8)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per runtime (default 30)")
+    p.add_argument("--threads", type=int, help="CPU threads for both runtimes")
+    return parser
