@@ -12,6 +12,7 @@ imports none of them.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +44,21 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 
+_NAMES: weakref.WeakKeyDictionary[tp.DependencyGraph, dict[nn.Module, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def module_names(graph: tp.DependencyGraph) -> dict[nn.Module, str]:
-    """Module -> its name in the traced model (the names a policy and a pruning history use)."""
-    return {module: name for name, module in graph.model.named_modules()}
+    """Module -> its name in the traced model (the names a policy and a pruning history use).
+
+    Built once per graph: pruning changes a module's width, never its name or identity.
+    """
+    names = _NAMES.get(graph)
+    if names is None:
+        names = {module: name for name, module in graph.model.named_modules()}
+        _NAMES[graph] = names
+    return names
 
 
 def current_groups(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, Any]:

@@ -69,9 +69,8 @@ class Retrain:
 class TrainConfig:
     """How :func:`fit` runs a recipe: the recipe plus loop settings that no policy carries."""
 
-    retrain: Retrain = field(
-        default_factory=Retrain
-    )  # epochs, lr, optimizer, schedule, regulariser
+    # the recipe: epochs, lr, optimizer, schedule, regulariser
+    retrain: Retrain = field(default_factory=Retrain)
     batch_size: int = 128  # images per step
     weight_decay: float = 5e-4  # L2 penalty on all parameters
     label_smoothing: float = 0.0  # cross-entropy label smoothing
