@@ -11,6 +11,7 @@ module, so a policy found by the search is reproduced by exactly the code that m
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from autoprune import data, prune
 from autoprune.base import BaseCheckpoint, load_base
@@ -28,6 +30,7 @@ from autoprune.criteria.cache import ScoreCache
 from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringInputs
 from autoprune.data import DataSplits
+from autoprune.errors import UserError
 from autoprune.files import studies_dir
 from autoprune.macs import count_macs_params
 from autoprune.policy import BaseRef, Policy
@@ -53,6 +56,9 @@ class ObjectiveConfig:
     batch_size: int = 128  # fine-tuning batch size
     num_workers: int = 0  # DataLoader workers for image-decoding datasets
     bn_recalibration_batches: int = 8  # BN statistics re-estimated when a policy has no fine-tune
+    proxy_batches: int = 8  # adaptive-BN proxy: training batches its BN statistics come from
+    proxy_batch_size: int = 64
+    proxy_images: int = 2000  # adaptive-BN proxy: val images it is measured on (the first N)
 
     def cache_dir(self) -> Path:
         return Path(self.score_cache) if self.score_cache else studies_dir() / "cache" / "scores"
@@ -71,6 +77,16 @@ class Metrics:
     policy: Policy  # the applied policy: projected rates, chosen criteria, measured values
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     counters: dict[str, int] = field(default_factory=dict)  # e.g. calibration passes
+    proxy: Proxy | None = None  # the adaptive-BN proxy, when it was measured
+    finetuned: bool = True  # False: screened out by the proxy (val metrics are NaN)
+
+
+@dataclass
+class Proxy:
+    """The adaptive-BatchNorm proxy of a pruned model (EagleEye): no weight is updated."""
+
+    accuracy: float  # top-1 on the first ``proxy_images`` val images
+    loss: float
 
 
 @dataclass
@@ -154,7 +170,8 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
 
     model.cpu()
     result = prune.apply(model, projected, scoring, example_inputs=inputs, between_steps=between)
-    timings["prune"] = time.perf_counter() - t0
+    timings["score"] = result.score_seconds
+    timings["prune"] = time.perf_counter() - t0 - result.score_seconds
     macs, params = count_macs_params(result.model, inputs)
     return Pruned(
         model=result.model,
@@ -168,6 +185,42 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
         timings=timings,
         counters=dict(result.counters),
     )
+
+
+def adaptive_bn(
+    model: nn.Module, dataset: Any, device: torch.device, batches: int, batch_size: int
+) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``batches`` batches.
+
+    EagleEye's adaptive BN: forward passes in train mode without gradients, so only the BN
+    running statistics change; no weight does, and ``model`` itself is untouched.
+    """
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        recalibrate_batchnorm(copied, dataset, device, num_batches=batches, batch_size=batch_size)
+    return copied
+
+
+def adaptive_bn_proxy(pruned: Pruned, config: ObjectiveConfig) -> Proxy:
+    """Score a pruned model cheaply: adaptive BN (:func:`adaptive_bn`), then part of val.
+
+    The pruned model itself is left exactly as pruning made it, so its fine-tune (and
+    therefore ``replay``) does not depend on whether it was screened.
+    """
+    t0 = time.perf_counter()
+    model = adaptive_bn(
+        pruned.model,
+        pruned.splits.calibration,
+        pruned.device,
+        config.proxy_batches,
+        config.proxy_batch_size,
+    )
+    val = pruned.splits.val
+    if config.proxy_images < len(val):  # type: ignore[arg-type]
+        val = Subset(val, range(config.proxy_images))
+    result = evaluate(model, val, pruned.device)
+    pruned.timings["screen"] = pruned.timings.get("screen", 0.0) + time.perf_counter() - t0
+    return Proxy(accuracy=result.accuracy, loss=result.loss)
 
 
 def base_macs_params(base: BaseCheckpoint) -> tuple[int, int]:
@@ -208,8 +261,13 @@ def finetune(
     pruned.timings["finetune"] = time.perf_counter() - t0
 
 
-def evaluate_policy(config: ObjectiveConfig, policy: Policy, log: Log | None = None) -> Metrics:
+def evaluate_policy(
+    config: ObjectiveConfig, policy: Policy, log: Log | None = None, proxy: bool = True
+) -> Metrics:
     """Project, prune, fine-tune for the policy's retrain budget, and measure on the val split.
+
+    Args:
+        proxy: also measure the adaptive-BN proxy (before the fine-tune, on a copy).
 
     Returns:
         Metrics with the applied policy (its ``measured`` section filled in).
@@ -217,32 +275,74 @@ def evaluate_policy(config: ObjectiveConfig, policy: Policy, log: Log | None = N
     Raises:
         UserError: the policy does not fit the base checkpoint, or its target is unreachable.
     """
-    start = time.perf_counter()
     pruned = prune_policy(config, policy)
+    screened = adaptive_bn_proxy(pruned, config) if proxy else None
+    return _finish(pruned, config, screened, log)
+
+
+def evaluate_bracket(
+    config: ObjectiveConfig, policies: list[Policy], keep: int = 1, log: Log | None = None
+) -> list[Metrics | UserError]:
+    """Screen candidates by the adaptive-BN proxy; fine-tune and measure only the best ``keep``.
+
+    One rung of successive halving: every candidate is pruned and scored by
+    :func:`adaptive_bn_proxy`; the ``keep`` with the highest proxy accuracy (ties: lower
+    proxy loss) get their full fine-tune. The others come back with ``finetuned=False`` and
+    NaN val metrics. Candidates should share a MACs target, so the proxy compares like with like.
+    A candidate the user's settings make impossible (e.g. an unreachable target) comes back as
+    its :class:`UserError`, and the others go on.
+    """
+    screened: dict[int, tuple[Pruned, Proxy]] = {}
+    results: list[Metrics | UserError | None] = [None] * len(policies)
+    for i, policy in enumerate(policies):
+        try:
+            pruned = prune_policy(config, policy)
+        except UserError as exc:
+            results[i] = exc
+            continue
+        screened[i] = (pruned, adaptive_bn_proxy(pruned, config))
+    ranked = sorted(screened, key=lambda i: (-screened[i][1].accuracy, screened[i][1].loss, i))
+    chosen = set(ranked[: max(1, keep)])
+    for i, (pruned, proxy) in screened.items():
+        if i in chosen:
+            results[i] = _finish(pruned, config, proxy, log)
+        else:
+            pruned.timings["total"] = sum(pruned.timings.values())
+            results[i] = _metrics(pruned, proxy, None)
+    return [r for r in results if r is not None]
+
+
+def _finish(
+    pruned: Pruned, config: ObjectiveConfig, proxy: Proxy | None, log: Log | None
+) -> Metrics:
+    """Fine-tune a pruned model for its policy's retrain budget and measure it on val."""
     finetune(pruned, config, pruned.policy.retrain.epochs, log)
     t0 = time.perf_counter()
     val = evaluate(pruned.model, pruned.splits.val, pruned.device)
     pruned.timings["evaluate"] = time.perf_counter() - t0
-    pruned.timings["total"] = time.perf_counter() - start
+    # The sum of the phases, not the time since ``start``: in a bracket other candidates were
+    # screened in between, and each second must be counted once.
+    pruned.timings["total"] = sum(pruned.timings.values())
+    return _metrics(pruned, proxy, val)
+
+
+def _metrics(pruned: Pruned, proxy: Proxy | None, val: Any) -> Metrics:
     base_macs, base_params = base_macs_params(pruned.base)
     macs_ratio = pruned.macs / base_macs
     params_ratio = pruned.params / base_params
-    applied = replace(
-        pruned.policy,
-        measured={
-            "val_accuracy": round(val.accuracy, 6),
-            "macs_ratio": round(macs_ratio, 6),
-            "params_ratio": round(params_ratio, 6),
-        },
-    )
+    measured = {"macs_ratio": round(macs_ratio, 6), "params_ratio": round(params_ratio, 6)}
+    if val is not None:
+        measured = {"val_accuracy": round(val.accuracy, 6), **measured}
     return Metrics(
-        val_accuracy=val.accuracy,
-        val_loss=val.loss,
+        val_accuracy=val.accuracy if val is not None else float("nan"),
+        val_loss=val.loss if val is not None else float("nan"),
         macs=pruned.macs,
         macs_ratio=macs_ratio,
         params=pruned.params,
         params_ratio=params_ratio,
-        policy=applied,
+        policy=replace(pruned.policy, measured=measured),
         timings={k: round(v, 3) for k, v in pruned.timings.items()},
         counters=pruned.counters,
+        proxy=proxy,
+        finetuned=val is not None,
     )

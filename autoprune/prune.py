@@ -11,6 +11,7 @@ pruning history, which is what a checkpoint stores to rebuild the pruned archite
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,6 +44,7 @@ class PruneResult:
     removed: dict[str, list[int]] = field(default_factory=dict)
     # e.g. calibration passes made by criteria
     counters: dict[str, int] = field(default_factory=dict)
+    score_seconds: float = 0.0  # time spent scoring channels (criteria, auto selection)
 
 
 def apply(
@@ -88,6 +90,7 @@ def apply(
     applied = replace(policy, groups={k: replace(v) for k, v in policy.groups.items()})
     ctx = ScoringContext.create(model, graph, policy, scoring)
     removed: dict[str, list[int]] = {}
+    scoring_started = time.perf_counter()
     # Loss-aware selection picks each group's criterion once, on the base model, even for a
     # group whose first step removes nothing.
     _resolve_auto(
@@ -95,6 +98,7 @@ def apply(
         {n: view_of(n, groups[n], graph) for n, plan in todo.items() if sum(plan) > 0},
         ctx,
     )
+    score_seconds = time.perf_counter() - scoring_started
     for step in range(policy.schedule.iterative_steps):
         ctx.step = step
         if step > 0:
@@ -110,8 +114,10 @@ def apply(
         for name, view in views.items():
             by_criterion.setdefault(applied.groups[name].criterion, []).append(view)
         scores: dict[str, torch.Tensor] = {}
+        scoring_started = time.perf_counter()
         for crit_name, crit_views in sorted(by_criterion.items()):
             scores.update(ctx.scores(crit_name, crit_views))
+        score_seconds += time.perf_counter() - scoring_started
         # Prune in a fixed (policy) order; groups are independent so the order does not change
         # which channels go, only the order of entries in the history.
         for name, view in views.items():
@@ -151,6 +157,7 @@ def apply(
         policy=applied,
         removed=removed,
         counters=dict(ctx.counters),
+        score_seconds=score_seconds,
     )
 
 
