@@ -3,7 +3,7 @@
 Everything here runs once per search, on the driver, before the first trial: the base model
 is resolved (given, or the cached embedded default, trained on first use), traced into the
 search space's context (groups, stages, the blocks depth pruning may drop, lowest PLS-VIP
-score first), and turned into the :class:`~autoprune.objective.ObjectiveConfig` every trial
+score first, the rate priors of :mod:`autoprune.priors`), and turned into the :class:`~autoprune.objective.ObjectiveConfig` every trial
 evaluates with.
 """
 
@@ -26,6 +26,7 @@ from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
 from autoprune.files import studies_dir
 from autoprune.objective import ObjectiveConfig, load_splits
+from autoprune.priors import compute_priors
 from autoprune.space import SearchSpace, SpaceContext, build_context
 
 Log = Callable[[str], Any]
@@ -64,10 +65,26 @@ def block_ranking(base: BaseCheckpoint, config: SearchConfig) -> dict[str, list[
     return ranking
 
 
-def space_context(space: SearchSpace, base: BaseCheckpoint, config: SearchConfig) -> SpaceContext:
-    """The base model as the search space sees it; blocks are ranked only when it may drop some."""
+def space_context(
+    space: SearchSpace,
+    base: BaseCheckpoint,
+    config: SearchConfig,
+    objective: ObjectiveConfig,
+    log: Log = print,
+) -> SpaceContext:
+    """The base model as the search space sees it: groups, stages, ranked blocks, rate priors.
+
+    Blocks are ranked only when the space may drop some; the priors are computed only when the
+    space samples around them (the sensitivity curves come from their on-disk cache when a
+    study of this base measured them before).
+    """
     ranking = block_ranking(base, config) if space.max_blocks_per_stage > 0 else {}
-    return build_context(base, config.budget_flops, config.seed, ranking)
+    ctx = build_context(base, config.budget_flops, config.seed, ranking)
+    if space.priors:
+        ctx.priors = compute_priors(
+            space.priors, objective, config.budget_flops, space.max_rate, log=log
+        )
+    return ctx
 
 
 def objective_config(config: SearchConfig, space: SearchSpace) -> ObjectiveConfig:

@@ -3,16 +3,27 @@
 A space is a YAML file under ``search_spaces/`` (or any path)::
 
     schema: autoprune.space/1
-    granularity: group              # group | stage | global: one rate per group, per stage, or one
-    rate: {low: 0.0, high: 0.8}     # raw rates before budget projection
+    granularity: stage              # group | stage | global: one rate (or multiplier) per unit
+    allocation:                     # rates = a prior allocation x 2**multiplier per unit
+      priors: [sensitivity, uniform, global]
+      spread: 1.0                   # multipliers are sampled in [-spread, spread] (log2)
+    # rate: {low: 0.0, high: 0.8}   # instead of allocation: raw rates, sampled freely
     max_rate: 0.9                   # cap on any group's rate after projection
     criteria: [l1, fpgm, energy]    # allowed criteria
-    criterion_per: group            # group | global: a criterion per group, or one for all
-    target_macs_ratio: {low: 0.3}   # the upper end is always --budget-flops
+    criterion_per: stage            # group | stage | global: where a criterion is chosen
+    target_macs_ratio: {low: 0.3, explore: 0.25}  # upper end: --budget-flops; explore: see below
     retrain: {epochs: [1.0], lr: {low: 0.01, high: 0.05, log: true}, regularizer: [none]}
     iterative_steps: [1, 2]
     class_threshold: {low: 1.0, high: 4.0}   # sampled when class_aware is chosen; null: never
     depth: {max_blocks_per_stage: 1}         # residual blocks that may be dropped per stage
+
+A *stage* is the set of groups whose root layer has the same output resolution. The priors
+(:mod:`autoprune.priors`) are allocations of the budget itself, so with all multipliers at 0 a
+candidate is a baseline; the sampler moves stages away from them.
+
+**Targets.** A search answers two questions: the best policy *at* the budget, and the front
+below it. A share ``explore`` of the searched brackets (default a quarter) samples its target in
+``[low, budget]`` for the front; all others target the budget itself, and baselines always do.
 
 Sampling (:meth:`SearchSpace.sample`) only calls ``trial.suggest_*``: it is pure and cheap, as
 Ray Tune's define-by-run interface requires. :meth:`SearchSpace.to_policy` turns the sampled
@@ -21,6 +32,7 @@ params into a :class:`~autoprune.policy.Policy`; search and replay both use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +48,9 @@ from autoprune.train import REGULARIZERS, Retrain
 
 SCHEMA = "autoprune.space/1"
 GRANULARITIES = ("group", "stage", "global")
-CRITERION_PER = ("group", "global")
+CRITERION_PER = ("group", "stage", "global")
+PRIORS = ("sensitivity", "uniform", "global")  # see autoprune.priors
+DEFAULT_EXPLORE = 0.25
 
 
 def spaces_dir() -> Path:
@@ -68,6 +82,9 @@ class SearchSpace:
     iterative_steps: list[int] = field(default_factory=lambda: [1])
     class_threshold: Range | None = None
     max_blocks_per_stage: int = 0
+    priors: list[str] = field(default_factory=list)  # empty: raw rates (``rate``) are sampled
+    spread: float = 1.0  # log2 range of the per-unit multipliers on a prior's rates
+    explore: float = DEFAULT_EXPLORE  # share of searched brackets that sample a lower target
     source: str = ""  # the file it came from, for messages
 
     # ------------------------------------------------------------------ loading
@@ -95,7 +112,7 @@ class SearchSpace:
             raise UserError(f"{source}: a search space must be a mapping")
         allowed = {
             "schema", "granularity", "rate", "max_rate", "criteria", "criterion_per", "target_macs_ratio",
-            "retrain", "iterative_steps", "class_threshold", "depth", "description",
+            "retrain", "iterative_steps", "class_threshold", "depth", "description", "allocation",
         }  # fmt: skip
         unknown = sorted(set(raw) - allowed)
         if unknown:
@@ -111,8 +128,28 @@ class SearchSpace:
         space.criterion_per = _choice(
             raw, "criterion_per", CRITERION_PER, space.criterion_per, source
         )
+        if "rate" in raw and raw.get("allocation") is not None:
+            raise UserError(
+                f"{source}: give either 'rate' (raw rates) or 'allocation' (priors x multipliers), not both"
+            )
         if "rate" in raw:
             space.rate = _range(raw["rate"], "rate", source, 0.0, 0.99)
+        if raw.get("allocation") is not None:
+            a = raw["allocation"]
+            if not isinstance(a, dict) or set(a) - {"priors", "spread"} or "priors" not in a:
+                raise UserError(
+                    f"{source}: field 'allocation' must be {{priors: [{', '.join(PRIORS)}], spread: X}}"
+                )
+            names = _list(a["priors"], "allocation.priors", source)
+            bad = [str(n) for n in names if n not in PRIORS]
+            if bad:
+                raise UserError(
+                    f"{source}: field 'allocation.priors' has unknown {', '.join(bad)}; allowed: {', '.join(PRIORS)}"
+                )
+            space.priors = list(dict.fromkeys(str(n) for n in names))
+            space.spread = _float(
+                a.get("spread", space.spread), "allocation.spread", source, 0.0, 4.0
+            )
         if "max_rate" in raw:
             space.max_rate = _float(raw["max_rate"], "max_rate", source, 0.01, 0.99)
         if "criteria" in raw:
@@ -130,12 +167,16 @@ class SearchSpace:
             space.criteria = [str(n) for n in names]
         if "target_macs_ratio" in raw:
             t = raw["target_macs_ratio"]
-            if not isinstance(t, dict) or set(t) - {"low"}:
+            if not isinstance(t, dict) or set(t) - {"low", "explore"}:
                 raise UserError(
-                    f"{source}: field 'target_macs_ratio' must be {{low: X}} (the high end is --budget-flops)"
+                    f"{source}: field 'target_macs_ratio' must be {{low: X, explore: SHARE}} "
+                    "(the high end is --budget-flops)"
                 )
             space.target_low = _float(
                 t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0
+            )
+            space.explore = _float(
+                t.get("explore", space.explore), "target_macs_ratio.explore", source, 0.0, 1.0
             )
         if "retrain" in raw:
             r = raw["retrain"]
@@ -193,17 +234,29 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ sampling (pure)
 
-    def sample(self, trial: Any, ctx: SpaceContext) -> None:
-        """Suggest every parameter of one candidate on an Optuna trial (define-by-run, no compute)."""
-        trial.suggest_float("target_macs_ratio", min(self.target_low, ctx.budget), ctx.budget)
-        for unit in ctx.rate_units(self.granularity):
-            trial.suggest_float(f"rate:{unit}", self.rate.low, self.rate.high, log=self.rate.log)
-        chosen = set()
-        if self.criterion_per == "global":
-            chosen.add(trial.suggest_categorical("criterion", self.criteria))
+    def sample(self, trial: Any, ctx: SpaceContext, explore: bool = False) -> None:
+        """Suggest every parameter of one candidate on an Optuna trial (define-by-run, no compute).
+
+        Args:
+            explore: sample the MACs target in ``[target_macs_ratio.low, budget]``; otherwise
+                the candidate targets the budget (no ``target_macs_ratio`` param).
+        """
+        if explore:
+            trial.suggest_float("target_macs_ratio", min(self.target_low, ctx.budget), ctx.budget)
+        units = ctx.rate_units(self.granularity)
+        if self.priors:
+            if len(self.priors) > 1:
+                trial.suggest_categorical("prior", self.priors)
+            for unit in units:
+                trial.suggest_float(f"scale:{unit}", -self.spread, self.spread)
         else:
-            for group in ctx.group_names:
-                chosen.add(trial.suggest_categorical(f"criterion:{group}", self.criteria))
+            for unit in units:
+                trial.suggest_float(
+                    f"rate:{unit}", self.rate.low, self.rate.high, log=self.rate.log
+                )
+        chosen = set()
+        for unit in ctx.criterion_units(self.criterion_per):
+            chosen.add(trial.suggest_categorical(_criterion_param(unit), self.criteria))
         trial.suggest_categorical("retrain_epochs", self.retrain_epochs)
         trial.suggest_float(
             "retrain_lr", self.retrain_lr.low, self.retrain_lr.high, log=self.retrain_lr.log
@@ -222,6 +275,64 @@ class SearchSpace:
             for stage, blocks in ctx.block_ranking.items():
                 trial.suggest_int(f"drop:{stage}", 0, min(self.max_blocks_per_stage, len(blocks)))
 
+    def explores(self, bracket: int) -> bool:
+        """Whether the ``bracket``-th searched bracket samples a lower target (evenly spread)."""
+        if self.explore <= 0:
+            return False
+        return int((bracket + 1) * self.explore) > int(bracket * self.explore)
+
+    # ------------------------------------------------------------------ baselines
+
+    def baseline_lr(self) -> float:
+        """The fine-tune lr baselines use: the middle of the space's lr range (geometric if log)."""
+        r = self.retrain_lr
+        return round(math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2, 6)
+
+    def baselines(self, ctx: SpaceContext, which: str) -> list[tuple[str, dict[str, Any]]]:
+        """The baseline candidates of this space as ``(name, params)`` pairs, at the budget.
+
+        ``default``: every group at the same rate with ``l1`` and with each data-driven
+        criterion the space offers, global ranking and the sensitivity allocation (both with
+        ``l1``); ``all``: every allocation with every scoring criterion the space offers;
+        ``none``: no baseline. Only criteria and priors the space offers are used, so each
+        baseline is a point of the space the sampler can learn from.
+        """
+        if which == "none":
+            return []
+        offered = [c for c in self.criteria if not criteria.get(c).is_selection_rule]
+        if which == "all":
+            uniform, ranked = offered, offered
+        else:
+            uniform = [c for c in offered if c == "l1" or not criteria.get(c).data_free]
+            ranked = [c for c in offered if c == "l1"][:1]
+        allocations = self.priors if self.priors else ["uniform"]
+        plan = [("uniform", c) for c in uniform if "uniform" in allocations]
+        plan += [(a, c) for a in ("global", "sensitivity") if a in allocations for c in ranked]
+        out = []
+        for allocation, criterion in plan:
+            params: dict[str, Any] = {}
+            units = ctx.rate_units(self.granularity)
+            if self.priors:
+                if len(self.priors) > 1:
+                    params["prior"] = allocation
+                params.update({f"scale:{u}": 0.0 for u in units})
+            else:
+                rate = min(max(0.5, self.rate.low), self.rate.high)
+                params.update({f"rate:{u}": rate for u in units})
+            params.update(
+                {_criterion_param(u): criterion for u in ctx.criterion_units(self.criterion_per)}
+            )
+            params.update(
+                retrain_epochs=self.retrain_epochs[0],
+                retrain_lr=self.baseline_lr(),
+                regularizer=self.regularizers[0],
+                iterative_steps=self.iterative_steps[0],
+            )
+            if self.max_blocks_per_stage > 0:
+                params.update({f"drop:{stage}": 0 for stage in ctx.block_ranking})
+            out.append((f"{allocation}-{criterion}", params))
+        return out
+
     # ------------------------------------------------------------------ params -> policy
 
     def to_policy(self, params: dict[str, Any], ctx: SpaceContext) -> Policy:
@@ -234,15 +345,23 @@ class SearchSpace:
             if any(group.startswith(block + ".") for block in dropped):
                 continue  # the group's layers are gone with their block
             unit = ctx.unit_of(group, self.granularity)
-            criterion = params.get(f"criterion:{group}", params.get("criterion", self.criteria[0]))
-            groups[group] = GroupPolicy(
-                rate=float(params[f"rate:{unit}"]), criterion=str(criterion)
+            criterion = params.get(
+                _criterion_param(ctx.unit_of(group, self.criterion_per)),
+                params.get("criterion", self.criteria[0]),
             )
+            if self.priors:
+                prior = ctx.priors[str(params.get("prior", self.priors[0]))]
+                rate = min(
+                    self.max_rate, prior.get(group, 0.0) * 2.0 ** float(params[f"scale:{unit}"])
+                )
+            else:
+                rate = float(params[f"rate:{unit}"])
+            groups[group] = GroupPolicy(rate=rate, criterion=str(criterion))
         min_classes = params.get("min_classes")
         return Policy(
             model=ctx.spec,
             groups=groups,
-            target_macs_ratio=float(params["target_macs_ratio"]),
+            target_macs_ratio=float(params.get("target_macs_ratio", ctx.budget)),
             base=ctx.base,
             depth=Depth(drop_blocks=dropped),
             class_aware=ClassAware(
@@ -271,6 +390,7 @@ class SpaceContext:
     )  # stage -> blocks, lowest score first
     base: Any = None  # BaseRef of the policies
     seed: int = 0
+    priors: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> group -> rate
 
     def rate_units(self, granularity: str) -> list[str]:
         if granularity == "group":
@@ -278,6 +398,10 @@ class SpaceContext:
         if granularity == "stage":
             return sorted(set(self.group_stage.values()))
         return ["global"]
+
+    def criterion_units(self, criterion_per: str) -> list[str]:
+        """The units a criterion is chosen for: every group, every stage, or one (``global``)."""
+        return self.rate_units(criterion_per)
 
     def unit_of(self, group: str, granularity: str) -> str:
         if granularity == "group":
@@ -318,6 +442,10 @@ def build_context(
         base=BaseRef(checkpoint=str(base.path), sha256=base.sha256),
         seed=seed,
     )
+
+
+def _criterion_param(unit: str) -> str:
+    return "criterion" if unit == "global" else f"criterion:{unit}"
 
 
 def _choice(raw: dict, key: str, allowed: tuple[str, ...], default: str, source: str) -> str:

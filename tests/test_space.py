@@ -22,17 +22,27 @@ def _context(budget: float = 0.5, ranking: dict[str, list[str]] | None = None) -
     model = create("resnet20", num_classes=10, in_channels=1)
     names = list(current_groups(model, build_graph(model, spec.example_inputs())))
     stages = {n: ("a" if n.startswith(("conv1", "layer1")) else "b") for n in names}
+    priors = {
+        "uniform": {n: 0.5 for n in names},
+        "global": {n: 0.3 for n in names},
+        "sensitivity": {n: (0.1 if stages[n] == "a" else 0.6) for n in names},
+    }
     return SpaceContext(
-        spec=spec, budget=budget, group_names=names, group_stage=stages, block_ranking=ranking or {}
+        spec=spec,
+        budget=budget,
+        group_names=names,
+        group_stage=stages,
+        block_ranking=ranking or {},
+        priors=priors,
     )
 
 
-def _sample(space: SearchSpace, ctx: SpaceContext, seed: int = 0) -> dict:
+def _sample(space: SearchSpace, ctx: SpaceContext, seed: int = 0, explore: bool = True) -> dict:
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed)
     )
     trial = study.ask()
-    space.sample(trial, ctx)
+    space.sample(trial, ctx, explore=explore)
     return trial.params
 
 
@@ -116,3 +126,87 @@ def test_target_low_above_budget_is_rejected() -> None:
     space = SearchSpace.from_dict({"target_macs_ratio": {"low": 0.6}}, source="s.yaml")
     with pytest.raises(UserError, match=r"above --budget-flops 0\.5"):
         space.check_budget(0.5)
+
+
+def test_non_explore_candidates_target_the_budget() -> None:
+    space, ctx = SearchSpace.load("default"), _context(budget=0.4)
+    params = _sample(space, ctx, explore=False)
+    assert "target_macs_ratio" not in params
+    assert space.to_policy(params, ctx).target_macs_ratio == 0.4
+
+
+def test_explore_share_is_spread_evenly_over_brackets() -> None:
+    space = SearchSpace.from_dict({"target_macs_ratio": {"low": 0.3, "explore": 0.25}})
+    flags = [space.explores(i) for i in range(12)]
+    assert sum(flags) == 3 and flags[3] and flags[7] and flags[11]
+    assert not any(
+        SearchSpace.from_dict({"target_macs_ratio": {"explore": 0}}).explores(i) for i in range(8)
+    )
+
+
+def test_prior_multipliers_scale_a_stage_of_the_prior() -> None:
+    space, ctx = SearchSpace.load("default"), _context()
+    params = {
+        **_sample(space, ctx, explore=False),
+        "prior": "sensitivity",
+        "scale:a": 1.0,
+        "scale:b": -1.0,
+    }
+    policy = space.to_policy(params, ctx)
+    assert {round(g.rate, 6) for n, g in policy.groups.items() if ctx.group_stage[n] == "a"} == {
+        0.2
+    }
+    assert {round(g.rate, 6) for n, g in policy.groups.items() if ctx.group_stage[n] == "b"} == {
+        0.3
+    }
+
+
+def test_criterion_per_stage_is_one_choice_per_stage() -> None:
+    space, ctx = SearchSpace.load("default"), _context()
+    params = _sample(space, ctx)
+    assert {k for k in params if k.startswith("criterion")} == {"criterion:a", "criterion:b"}
+    policy = space.to_policy(params, ctx)
+    for stage in ("a", "b"):
+        assert {g.criterion for n, g in policy.groups.items() if ctx.group_stage[n] == stage} == {
+            params[f"criterion:{stage}"]
+        }
+
+
+def test_default_baselines_are_points_of_the_space_at_the_budget() -> None:
+    space, ctx = SearchSpace.load("default"), _context()
+    baselines = dict(space.baselines(ctx, "default"))
+    assert list(baselines) == [
+        "uniform-l1", "uniform-taylor", "uniform-energy", "uniform-relevance", "global-l1", "sensitivity-l1",
+    ]  # fmt: skip
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for name, params in baselines.items():
+        study.enqueue_trial(params)
+        trial = study.ask()
+        space.sample(trial, ctx, explore=False)
+        assert trial.params == params, name  # every value lies inside the space
+        policy = space.to_policy(params, ctx)
+        assert policy.target_macs_ratio == ctx.budget
+        assert policy.retrain.lr == space.baseline_lr()
+        allocation, _, criterion = name.partition("-")
+        assert {g.criterion for g in policy.groups.values()} == {criterion}
+        assert {n: g.rate for n, g in policy.groups.items()} == ctx.priors[allocation]
+    assert space.baselines(ctx, "none") == []
+    assert len(space.baselines(ctx, "all")) == 3 * 5
+
+
+def test_raw_rate_spaces_offer_uniform_baselines_only() -> None:
+    space = SearchSpace.from_dict(
+        {"criteria": ["l1", "fpgm", "energy"], "rate": {"low": 0.0, "high": 0.8}}
+    )
+    names = [n for n, _ in space.baselines(_context(), "default")]
+    assert names == ["uniform-l1", "uniform-energy"]
+
+
+def test_allocation_and_rate_are_exclusive() -> None:
+    with pytest.raises(UserError, match="not both"):
+        SearchSpace.from_dict(
+            {"rate": {"low": 0, "high": 0.5}, "allocation": {"priors": ["uniform"]}},
+            source="s.yaml",
+        )
+    with pytest.raises(UserError, match="allowed: sensitivity, uniform, global"):
+        SearchSpace.from_dict({"allocation": {"priors": ["magic"]}}, source="s.yaml")

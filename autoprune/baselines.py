@@ -1,0 +1,38 @@
+"""Baselines as trials: the policies a user would write by hand, evaluated inside the study.
+
+:meth:`autoprune.space.SearchSpace.baselines` names them (uniform rates with ``l1`` and with each
+data-driven criterion, global ranking, the sensitivity allocation), all at the budget with the
+space's middle fine-tune lr. They are enqueued before any sampled trial, so the sampler starts
+from them and the front can never be worse than them, and each carries its name in the user
+attr :data:`~autoprune.study.BASELINE_ATTR`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import TrialState
+
+from autoprune import study as studies
+from autoprune.space import SearchSpace, SpaceContext
+
+
+def enqueue_baselines(study: Any, space: SearchSpace, ctx: SpaceContext, which: str) -> list[str]:
+    """Enqueue the baselines ``which`` (default | all | none) the study does not hold yet.
+
+    A baseline is held when a trial carrying its name is waiting, running or complete; one that
+    failed is enqueued again. Returns the names enqueued now.
+    """
+    held = {
+        t.user_attrs.get(studies.BASELINE_ATTR)
+        for t in study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+        )
+    }
+    added = []
+    for name, params in space.baselines(ctx, which):
+        if name in held:
+            continue
+        study.enqueue_trial(params, user_attrs={studies.BASELINE_ATTR: name})
+        added.append(name)
+    return added
