@@ -10,7 +10,7 @@ winner replayed into a checkpoint and loaded back::
 
     config = autoprune.SearchConfig(budget_flops=0.5, trials=3, executor="local")
     outcome = autoprune.search(config, quiet=True)           # resumable: the study lives in SQL
-    best = outcome.winner()                                   # best val accuracy on the front
+    best = outcome.winner()                                   # best val accuracy at the budget
     best.policy.save("best.yaml")                             # a small, diffable policy file
     policy = autoprune.Policy.load("best.yaml")
     objective = autoprune.ObjectiveConfig(policy.base.checkpoint, dataset="mnist5k")

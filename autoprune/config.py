@@ -9,6 +9,7 @@ from autoprune.errors import UserError
 from autoprune.sampler import SAMPLERS
 
 EXECUTORS = ("ray", "local")
+BASELINES = ("default", "all", "none")
 
 
 @dataclass
@@ -21,7 +22,7 @@ class SearchConfig:
     data_root: str | None = None  # dataset folder (cifar10/cifar100)
     base_checkpoint: str | None = None  # None: the cached embedded default (trained on first use)
     space: str = "default"  # search space name under search_spaces/ or a YAML path
-    trials: int = 12  # the study's total of COMPLETE trials to reach
+    trials: int = 20  # the study's total of COMPLETE (fine-tuned) trials, baselines included
     sampler: str = "tpe"  # tpe | nsga2 | gp | random
     seed: int = 0  # sampler seed (and policy seed)
     executor: str = "ray"  # ray (Ray Tune) | local (Optuna's own loop, no Ray)
@@ -33,6 +34,8 @@ class SearchConfig:
     study: str | None = None  # study name; None: derived from model, dataset, space and budget
     device: str = "auto"  # device inside trial workers
     calibration_images: int = 256  # images data-driven criteria score on
+    screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
+    baselines: str = "default"  # default | all | none: baseline trials enqueued first
 
     def validate(self) -> None:
         if not 0.0 < self.budget_flops <= 1.0:
@@ -56,6 +59,14 @@ class SearchConfig:
             raise UserError(f"--cpus-per-trial {self.cpus_per_trial} must be > 0")
         if self.gpus_per_trial < 0:
             raise UserError(f"--gpus-per-trial {self.gpus_per_trial} must be >= 0")
+        if not 1 <= self.screen <= 64:
+            raise UserError(
+                f"--screen {self.screen} must be in [1, 64]: candidates per fine-tuned trial (1 turns screening off)"
+            )
+        if self.baselines not in BASELINES:
+            raise UserError(
+                f"--baselines '{self.baselines}' is unknown; allowed: {', '.join(BASELINES)}"
+            )
         if self.calibration_images < 1:
             raise UserError(f"--calibration-images {self.calibration_images} must be >= 1")
 

@@ -18,6 +18,7 @@ class Progress:
         self.started = time.perf_counter()
         self.best: float | None = None
         self.failed = 0
+        self.screened = 0  # candidates the proxy screened out (not fine-tuned)
         self.console = Console(stderr=True)
         self.bar = RichProgress(
             TextColumn("[bold]search"),
@@ -40,9 +41,11 @@ class Progress:
         self.bar.stop()
 
     def update(self, done: int, result: dict[str, Any] | None, state: str) -> None:
-        """Count a finished trial (``state`` COMPLETE or FAIL); ``done`` is the study's total."""
+        """Count a finished trial (COMPLETE, PRUNED by screening, or FAIL); ``done``: COMPLETE total."""
         if state == "FAIL":
             self.failed += 1
+        elif state == "PRUNED":
+            self.screened += 1
         elif result and result.get("macs_ratio", 2.0) <= self.budget:
             acc = float(result["val_accuracy"])
             self.best = acc if self.best is None else max(self.best, acc)
@@ -55,7 +58,9 @@ class Progress:
             else ("0s" if remaining <= 0 else "?")
         )
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        status = f"best feasible val acc {best}" + (
-            f"  failed {self.failed}" if self.failed else ""
+        status = (
+            f"best feasible val acc {best}"
+            + (f"  screened out {self.screened}" if self.screened else "")
+            + (f"  failed {self.failed}" if self.failed else "")
         )
         self.bar.update(self.task, completed=done, status=status, eta=eta)

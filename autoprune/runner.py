@@ -15,6 +15,7 @@ from typing import Any
 
 from autoprune import prepare
 from autoprune import study as studies
+from autoprune.baselines import enqueue_baselines
 from autoprune.config import SearchConfig
 from autoprune.data import canonical_name
 from autoprune.export import export_front
@@ -41,12 +42,17 @@ class SearchOutcome:
         )
 
     def winner(self) -> studies.FrontPoint:
-        """The front point with the best val accuracy (what ``replay --study`` takes)."""
-        return studies.winner(self.front())
+        """The best front point at the budget (what ``replay --study`` takes)."""
+        study = studies.load_study(studies.open_storage(self.storage), self.study_name)
+        return studies.winner(studies.pareto_front(study), studies.study_budget(study))
 
 
 def search(
-    config: SearchConfig, log: Log = print, quiet: bool = False, export: bool = True
+    config: SearchConfig,
+    log: Log = print,
+    quiet: bool = False,
+    export: bool = True,
+    baselines_only: bool = False,
 ) -> SearchOutcome:
     """Run (or continue) a search until the study has ``config.trials`` COMPLETE trials.
 
@@ -57,6 +63,8 @@ def search(
         log: called with one line per event (base training, trials to run).
         quiet: no progress line.
         export: write the feasible front to ``policies/<study>/`` at the end.
+        baselines_only: run only the baselines (``config.baselines``) the study lacks, however
+            many trials it holds (``autoprune baselines NAME``).
     """
     config.validate()
     config = replace(config, dataset=canonical_name(config.dataset))
@@ -81,12 +89,22 @@ def search(
         )
     studies.save_config(study, config)
     studies.recover_stale_trials(study, log)
-    ctx = prepare.space_context(space, base, config)
     objective = prepare.objective_config(config, space)
+    ctx = prepare.space_context(space, base, config, objective, log)
     url = config.storage or studies.default_storage_url()
     done = studies.complete_count(study)
     missing = config.trials - done
-    log(f"study '{name}' in {url}: {done} complete, running {max(missing, 0)} more")
+    if missing > 0 or baselines_only:
+        added = enqueue_baselines(study, space, ctx, config.baselines)
+        if added:
+            log(f"baselines enqueued first: {', '.join(added)}")
+        if baselines_only:
+            missing = len(added)
+            config = replace(config, trials=done + missing)
+    screening = (
+        f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
+    )
+    log(f"study '{name}' in {url}: {done} complete, running {max(missing, 0)} more{screening}")
     if missing > 0:
         with Progress(config.trials, done, config.budget_flops, quiet=quiet) as progress:
             if config.executor == "local":

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,10 @@ DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
 METRIC_NAMES = ["val_accuracy", "macs_ratio"]
 CONFIG_ATTR = "autoprune.config"
 DRIVER_ATTR = "autoprune.driver"
+BASELINE_ATTR = "autoprune.baseline"  # set on a baseline trial: its name, e.g. "uniform-l1"
 CONSTRAINT = "macs_budget"
+# A policy within this much of the budget is "at the budget" (the projection's tolerance).
+AT_BUDGET = 0.01
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -250,21 +254,30 @@ def finish_trial(
 ) -> TrialState:
     """Record one trial's outcome: constraint + user attrs + tell. Never leaves it RUNNING.
 
-    Missing or non-finite metrics and errors become FAIL with the reason in user attr ``error``.
+    A result with ``finetuned: False`` was screened out by the proxy: it is told PRUNED with
+    its proxy and MACs stored. Missing or non-finite metrics and errors become FAIL with the
+    reason in user attr ``error``.
     """
     values = None
-    if result and error is None:
+    screened_out = result is not None and result.get("finetuned") is False and error is None
+    if result and error is None and not screened_out:
         raw = [result.get(m) for m in METRIC_NAMES]
         if all(isinstance(v, (int, float)) and math.isfinite(float(v)) for v in raw):
             values = [float(v) for v in raw]  # type: ignore[arg-type]
         else:
             error = f"missing or non-finite metrics: {dict(zip(METRIC_NAMES, raw, strict=True))}"
     if result:
-        for key in ("policy", "timings", "params_ratio", "macs", "params", "val_loss", "counters"):
-            if key in result:
+        for key in RECORDED:
+            if key in result and result[key] is not None:
                 trial.set_user_attr(key, _jsonable(result[key]))
         if "error" in result and error is None:
             error = str(result["error"])
+    if screened_out and error is None and result is not None:
+        macs_ratio = result.get("macs_ratio")
+        if isinstance(macs_ratio, (int, float)) and math.isfinite(float(macs_ratio)):
+            trial.set_constraint(CONSTRAINT, float(macs_ratio) - budget)
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
     if values is None:
         trial.set_user_attr("error", error or "the trial reported no result")
         study.tell(trial, state=TrialState.FAIL)
@@ -272,6 +285,43 @@ def finish_trial(
     trial.set_constraint(CONSTRAINT, values[1] - budget)
     study.tell(trial, values)
     return TrialState.COMPLETE
+
+
+# What a trial stores of its result (user attrs), besides its values.
+RECORDED = (
+    "policy", "timings", "params_ratio", "macs", "params", "val_loss", "counters", "macs_ratio",
+    "proxy_accuracy", "proxy_loss", "bracket", "wall", "overhead",
+)  # fmt: skip
+
+
+def finish_bracket(
+    study: optuna.Study,
+    trials: list[optuna.Trial],
+    results: list[dict[str, Any] | None],
+    budget: float,
+    wall: float,
+    error: str | None = None,
+) -> list[TrialState]:
+    """Record a bracket: every candidate's outcome, and its cost on the fine-tuned trial.
+
+    ``wall`` is the driver's time from asking the bracket's first trial to recording it; what
+    the candidates' own phases do not account for is stored as ``overhead`` (Ray, DB, pickling)
+    on the trial that was fine-tuned (the first one when none was).
+    """
+    spent = sum(float((r or {}).get("timings", {}).get("total", 0.0)) for r in results)
+    first = trials[0].number
+    keeper = next(
+        (i for i, r in enumerate(results) if r and r.get("finetuned", True) and "error" not in r),
+        0,
+    )
+    states = []
+    for i, (trial, result) in enumerate(zip(trials, results, strict=True)):
+        extra: dict[str, Any] = {"bracket": first}
+        if i == keeper:
+            extra.update(wall=round(wall, 3), overhead=round(max(wall - spent, 0.0), 3))
+        merged = {**result, **extra} if result else None
+        states.append(finish_trial(study, trial, merged, budget, error))
+    return states
 
 
 def _jsonable(value: Any) -> Any:
@@ -308,13 +358,117 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
     return sorted(points, key=lambda p: (p.macs_ratio, -p.val_accuracy))
 
 
-def winner(front: list[FrontPoint]) -> FrontPoint:
-    """The front point with the highest val accuracy (ties: lower MACs)."""
+def winner(front: list[FrontPoint], budget: float | None = None) -> FrontPoint:
+    """The best policy at the budget: the highest val accuracy among front points within
+    :data:`AT_BUDGET` of ``budget`` (ties: lower MACs); the whole front's best when no point is
+    that close, or when no budget is given.
+    """
     if not front:
         raise UserError(
             "the study has no feasible completed trial yet: run more trials or raise --budget-flops"
         )
-    return max(front, key=lambda p: (p.val_accuracy, -p.macs_ratio))
+    near = [p for p in front if budget is not None and p.macs_ratio >= budget - AT_BUDGET]
+    return max(near or front, key=lambda p: (p.val_accuracy, -p.macs_ratio))
+
+
+def study_budget(study: optuna.Study) -> float | None:
+    """The stored search's ``--budget-flops`` (None for a study autoprune did not create)."""
+    raw = study.user_attrs.get(CONFIG_ATTR) or {}
+    budget = raw.get("budget_flops")
+    return float(budget) if isinstance(budget, (int, float)) else None
+
+
+def baseline_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's COMPLETE baseline trials, in trial order."""
+    return [t for t in completed_trials(study) if t.user_attrs.get(BASELINE_ATTR)]
+
+
+def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
+    """The best feasible non-baseline COMPLETE trial at the budget (None when there is none)."""
+    rows = [
+        t
+        for t in completed_trials(study)
+        if not t.user_attrs.get(BASELINE_ATTR)
+        and budget - AT_BUDGET <= t.values[1] <= budget + 1e-9
+    ]
+    return max(rows, key=lambda t: (t.values[0], -t.values[1]), default=None)
+
+
+def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
+    """Spearman rank correlation of the proxy with fine-tuned val accuracy, and its sample size.
+
+    Over the COMPLETE trials that carry both (every fine-tuned trial measures its proxy first);
+    None with fewer than three such trials.
+    """
+    pairs = [
+        (float(t.user_attrs["proxy_accuracy"]), float(t.values[0]))
+        for t in completed_trials(study)
+        if isinstance(t.user_attrs.get("proxy_accuracy"), (int, float))
+    ]
+    if len(pairs) < 3:
+        return None
+    return spearman([p for p, _ in pairs], [v for _, v in pairs]), len(pairs)
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); NaN when a side is constant."""
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mx) ** 2 for a in rx)
+    vy = sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else float("nan")
+
+
+PHASES = ("load", "project", "score", "prune", "screen", "finetune", "evaluate")
+
+
+def timing_summary(study: optuna.Study) -> list[tuple[str, float, float, float]]:
+    """Per phase (and ``overhead``): the median seconds per bracket, the median share of a
+    bracket's wall time, and the share of all brackets' wall time.
+
+    A bracket is a fine-tuned trial plus the candidates it was screened against; its phases
+    are summed over its candidates. The first bracket of each worker also pays for loading
+    the dataset and base model, which the medians leave out and the total share does not.
+    """
+    by_bracket: dict[int, dict[str, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        key = int(t.user_attrs.get("bracket", t.number))
+        row = by_bracket.setdefault(key, {})
+        for phase in PHASES:
+            row[phase] = row.get(phase, 0.0) + float(
+                (t.user_attrs.get("timings") or {}).get(phase, 0.0)
+            )
+        if "wall" in t.user_attrs:
+            row["wall"] = float(t.user_attrs["wall"])
+            row["overhead"] = float(t.user_attrs.get("overhead", 0.0))
+    rows = [r for r in by_bracket.values() if r.get("wall", 0.0) > 0]
+    if not rows:
+        return []
+    total = sum(r["wall"] for r in rows)
+    return [
+        (
+            phase,
+            statistics.median(r.get(phase, 0.0) for r in rows),
+            statistics.median(r.get(phase, 0.0) / r["wall"] for r in rows),
+            sum(r.get(phase, 0.0) for r in rows) / total,
+        )
+        for phase in (*PHASES, "overhead", "wall")
+    ]
 
 
 @dataclass

@@ -87,8 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: MODEL-DATASET-SPACE-bBUDGET)")
     p.add_argument("--device", help="device inside trials: auto | cpu | cuda")
     p.add_argument("--calibration-images", type=int)
+    p.add_argument(
+        "--screen",
+        type=int,
+        help="candidates scored by the adaptive-BN proxy per fine-tuned trial (default 4; 1: off)",
+    )
+    p.add_argument(
+        "--baselines",
+        choices=("default", "all", "none"),
+        help="baseline trials run first (default: uniform l1 + data-driven criteria, global, sensitivity)",
+    )
     p.add_argument("--data-root")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "baselines", help="add the baseline trials an existing study lacks, and run them"
+    )
+    p.add_argument("name")
+    p.add_argument("--which", choices=("default", "all"), default="default")
+    p.add_argument("--storage")
+    p.add_argument("--executor")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("resume", help="continue a study with the config stored in it")
     p.add_argument("name")
@@ -101,9 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studies", help="list studies with trial counts")
     p.add_argument("--storage")
 
-    p = sub.add_parser("show", help="print a study's feasible Pareto front")
+    p = sub.add_parser(
+        "show",
+        help="print a study's front, its baselines, the winner at the budget and the proxy's Spearman",
+    )
     p.add_argument("name")
     p.add_argument("--storage")
+    p.add_argument(
+        "--timing", action="store_true", help="median seconds per phase and framework overhead"
+    )
 
     p = sub.add_parser("export", help="write a study's Pareto-front policies as YAML files")
     p.add_argument("name")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from autoprune.cli.tables import print_front, print_table
+from autoprune.cli.tables import print_study, print_table, print_timing
 from autoprune.errors import UserError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -175,7 +175,7 @@ def _search_config(args: argparse.Namespace) -> object:
     fields = {
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
-        "device", "calibration_images",
+        "device", "calibration_images", "screen", "baselines",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     return SearchConfig(**values)
@@ -189,10 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = _search_config(args)
     outcome = search(config, quiet=args.quiet)  # type: ignore[arg-type]
     study_obj = studies.load_study(studies.open_storage(outcome.storage), outcome.study_name)
-    print_front(
-        study_obj,
-        f"feasible Pareto front of '{outcome.study_name}' ({outcome.complete} complete trials)",
-    )
+    print_study(study_obj, outcome.study_name)
     if outcome.export_dir:
         print(f"exported the front to {outcome.export_dir}/ (policies, front.yaml, front.png)")
     print(f"resume with: autoprune resume {outcome.study_name}")
@@ -214,11 +211,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None
     }
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
-    outcome = search(config, quiet=args.quiet)
-    print_front(
-        studies.load_study(storage, args.name),
-        f"feasible Pareto front of '{args.name}' ({outcome.complete} complete trials)",
+    search(config, quiet=args.quiet)
+    print_study(studies.load_study(storage, args.name), args.name)
+    return 0
+
+
+@verb("baselines")
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from autoprune import study as studies
+    from autoprune.runner import search
+
+    storage = studies.open_storage(args.storage)
+    config = studies.load_config(storage, args.name)
+    overrides = {"executor": args.executor} if args.executor else {}
+    config = replace(
+        config,
+        storage=args.storage or config.storage,
+        study=args.name,
+        baselines=args.which,
+        **overrides,
     )
+    search(config, quiet=args.quiet, baselines_only=True)
+    print_study(studies.load_study(storage, args.name), args.name)
     return 0
 
 
@@ -241,7 +257,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from autoprune import study as studies
 
     study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
-    print_front(study_obj, f"feasible Pareto front of '{args.name}'")
+    print_study(study_obj, args.name)
+    if args.timing:
+        print_timing(study_obj)
     return 0
 
 
@@ -274,12 +292,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     elif args.study:
         from autoprune import study as studies
 
-        point = studies.winner(
-            studies.pareto_front(studies.load_study(studies.open_storage(args.storage), args.study))
-        )
+        study_obj = studies.load_study(studies.open_storage(args.storage), args.study)
+        budget = studies.study_budget(study_obj)
+        point = studies.winner(studies.pareto_front(study_obj), budget)
         policy, label = (
             point.policy,
-            f"trial {point.number} of study '{args.study}' (highest val accuracy on the front)",
+            f"trial {point.number} of study '{args.study}' (highest val accuracy at the budget)",
         )
     else:
         raise UserError("give a policy file (e.g. policies/STUDY/trial-0003.yaml) or --study NAME")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
-from autoprune.executors.results import decode, evaluate_for_trial
+from autoprune.executors.brackets import BracketSource, record
+from autoprune.executors.results import decode, evaluate_bracket_for_trial
 from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
 from autoprune.space import SearchSpace, SpaceContext
@@ -21,23 +23,27 @@ def run_local(
     missing: int,
     progress: Progress,
 ) -> None:
-    """Ask, evaluate and record up to ``missing`` trials, stopping once the study is full.
+    """Ask, evaluate and record up to ``missing`` brackets, stopping once the study is full.
 
     Torch's thread count is set by :func:`autoprune.objective.evaluate_policy` at the start of
     every trial (``objective.threads``). An exception other than a user error is recorded as
     the trial's failure and the search goes on.
     """
+    source = BracketSource(study, space, ctx, config)
     for _ in range(missing):
         if studies.complete_count(study) >= config.trials:
             break  # other drivers of a shared study finished the rest
-        trial = study.ask()
-        studies.mark_driver(trial)
-        space.sample(trial, ctx)
-        policy = space.to_policy(trial.params, ctx)
+        started = time.perf_counter()
+        first = study.ask()
+        source(first)
+        trials = [first, *source.extras()]
         error = None
         try:
-            result = decode(evaluate_for_trial(objective, policy.to_dict()))
+            result = decode(evaluate_bracket_for_trial(objective, source.policies(trials)))
         except Exception as exc:  # a bug or a resource problem: recorded, the search goes on
             result, error = None, f"{type(exc).__name__}: {exc}"
-        state = studies.finish_trial(study, trial, result, config.budget_flops, error)
-        progress.update(studies.complete_count(study), result, state.name)
+        states = record(study, trials, result, config, started, error)
+        for state, report in zip(
+            states, (result or {}).get("candidates") or [result], strict=False
+        ):
+            progress.update(studies.complete_count(study), report, state.name)

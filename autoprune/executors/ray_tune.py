@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
-from autoprune.executors.results import decode, evaluate_for_trial
+from autoprune.executors.brackets import BracketSource, record
+from autoprune.executors.results import decode, evaluate_bracket_for_trial
 from autoprune.files import studies_dir
 from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
@@ -23,10 +25,10 @@ from autoprune.space import SearchSpace, SpaceContext
 
 
 def trainable(config: dict[str, Any], objective: ObjectiveConfig) -> None:
-    """What a Ray worker runs for one trial: evaluate the policy it was handed and report."""
+    """What a Ray worker runs for one trial: evaluate the bracket it was handed and report."""
     from ray import tune
 
-    tune.report(evaluate_for_trial(objective, config["policy"]))
+    tune.report(evaluate_bracket_for_trial(objective, config["policies"]))
 
 
 def run_ray(
@@ -112,6 +114,8 @@ def policy_searcher(
             super().__init__(**kwargs)
             self._recorded: set[str] = set()  # Tune trial ids whose result is in the study
             self._progress = progress
+            self._extras: dict[str, list[Any]] = {}  # Tune trial id -> the bracket's other trials
+            self._started: dict[str, float] = {}  # Tune trial id -> driver time it was asked
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles the searcher for experiment restore; the Optuna DB is our record, so
@@ -131,14 +135,14 @@ def policy_searcher(
             assert self._ot_study is not None
             if studies.complete_count(self._ot_study) >= config.trials:
                 return Searcher.FINISHED  # other drivers of a shared study finished the rest
-            if super().suggest(trial_id) is None:
+            started = time.perf_counter()
+            source.study = self._ot_study
+            if super().suggest(trial_id) is None:  # samples the first trial with ``source``
                 return None
-            ot_trial = self._ot_trials[trial_id]
-            studies.mark_driver(ot_trial)
-            return {
-                "policy": space.to_policy(ot_trial.params, ctx).to_dict(),
-                "trial_number": ot_trial.number,
-            }
+            trials = [self._ot_trials[trial_id], *source.extras()]
+            self._extras[trial_id] = trials[1:]
+            self._started[trial_id] = started
+            return {"policies": source.policies(trials), "trial_number": trials[0].number}
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -152,16 +156,27 @@ def policy_searcher(
                 else None
             )
             assert self._ot_study is not None
-            state = studies.finish_trial(
-                self._ot_study, self._ot_trials[trial_id], decoded, config.budget_flops, reason
+            trials = [self._ot_trials[trial_id], *self._extras.pop(trial_id, [])]
+            states = record(
+                self._ot_study,
+                trials,
+                decoded,
+                config,
+                self._started.pop(trial_id, time.perf_counter()),
+                reason,
             )
             self._recorded.add(trial_id)
             if self._progress is not None:
-                self._progress.update(studies.complete_count(self._ot_study), decoded, state.name)
+                reports = (decoded or {}).get("candidates") or [decoded]
+                for state, report in zip(states, reports, strict=False):
+                    self._progress.update(
+                        studies.complete_count(self._ot_study), report, state.name
+                    )
 
+    source = BracketSource(study, space, ctx, config)
     return PolicySearch(
         progress,
-        space=lambda trial: space.sample(trial, ctx),
+        space=source,
         metric=list(studies.METRIC_NAMES),
         mode=["max", "min"],
         sampler=study.sampler,

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from autoprune.errors import UserError
-from autoprune.objective import Metrics, ObjectiveConfig, evaluate_policy
+from autoprune.objective import Metrics, ObjectiveConfig, evaluate_bracket, evaluate_policy
 from autoprune.policy import Policy
 
 
@@ -28,6 +28,9 @@ def encode(metrics: Metrics) -> dict[str, Any]:
         "policy_json": json.dumps(metrics.policy.to_dict()),
         "timings_json": json.dumps(metrics.timings),
         "counters_json": json.dumps(metrics.counters),
+        "finetuned": metrics.finetuned,
+        "proxy_accuracy": metrics.proxy.accuracy if metrics.proxy else None,
+        "proxy_loss": metrics.proxy.loss if metrics.proxy else None,
     }
 
 
@@ -36,6 +39,8 @@ def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if not result:
         return result
     out = dict(result)
+    if "candidates_json" in out:
+        out["candidates"] = [decode(c) for c in json.loads(out.pop("candidates_json"))]
     for key in ("policy", "timings", "counters"):
         raw = out.pop(f"{key}_json", None)
         if raw is not None:
@@ -49,3 +54,25 @@ def evaluate_for_trial(objective: ObjectiveConfig, policy_dict: dict[str, Any]) 
         return encode(evaluate_policy(objective, Policy.from_dict(policy_dict)))
     except UserError as exc:
         return {"error": str(exc)}
+
+
+def evaluate_bracket_for_trial(
+    objective: ObjectiveConfig, policy_dicts: list[dict[str, Any]], keep: int = 1
+) -> dict[str, Any]:
+    """Screen a bracket of candidates and fine-tune the best ``keep`` (see ``evaluate_bracket``).
+
+    Reports the fine-tuned candidate's metrics at the top level (what Tune sees) and every
+    candidate's report, in order, under ``candidates_json``. A candidate the user's settings
+    make impossible (e.g. an unreachable target) is reported as ``{"error": message}``.
+    """
+    if len(policy_dicts) == 1:
+        single = evaluate_for_trial(objective, policy_dicts[0])
+        return {**single, "candidates_json": json.dumps([single])}
+    reports: list[dict[str, Any]] = []
+    outcomes = evaluate_bracket(objective, [Policy.from_dict(p) for p in policy_dicts], keep)
+    for outcome in outcomes:
+        reports.append(
+            {"error": str(outcome)} if isinstance(outcome, UserError) else encode(outcome)
+        )
+    top = next((r for r in reports if r.get("finetuned")), reports[0])
+    return {**top, "candidates_json": json.dumps(reports)}

@@ -1,0 +1,107 @@
+"""Brackets: the unit of work both executors hand out, asked and recorded on the driver.
+
+A bracket is either one trial (a baseline, or any trial when screening is off) or ``--screen K``
+trials that share a MACs target (the budget, or for an explore bracket the target its first
+trial sampled below it, so the proxy compares like with like): the worker
+scores all K by the adaptive-BN proxy and fine-tunes only the best
+(:func:`autoprune.objective.evaluate_bracket`); the others are recorded PRUNED with their proxy.
+That is one rung of successive halving with rate K, run inside one worker: Ray Tune's ASHA
+would launch a Tune trial per candidate (its per-trial overhead is about the cost of the
+proxy itself) and stops on one metric, and Optuna's pruners are single-objective.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from optuna.trial import TrialState
+
+from autoprune import study as studies
+from autoprune.config import SearchConfig
+from autoprune.space import SearchSpace, SpaceContext
+
+
+class BracketSource:
+    """Asks trials for brackets: samples the first, decides its size, asks the rest."""
+
+    def __init__(
+        self, study: Any, space: SearchSpace, ctx: SpaceContext, config: SearchConfig
+    ) -> None:
+        self.study = study
+        self.space = space
+        self.ctx = ctx
+        self.config = config
+        # Brackets already searched (one fine-tuned trial each), so a resumed study keeps the
+        # explore share where it was.
+        self.searched = sum(
+            1
+            for t in studies.completed_trials(study)
+            if not t.user_attrs.get(studies.BASELINE_ATTR)
+        )
+        self.last_single = True
+        self.last_target: float | None = None  # an explore bracket's sampled target
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher that holds this; the study (a live DB handle) is set again
+        # by the searcher before every use.
+        return {**self.__dict__, "study": None}
+
+    def __call__(self, trial: Any) -> None:
+        """Sample the first trial of a bracket (Ray's ``OptunaSearch`` calls this as its space)."""
+        studies.mark_driver(trial)
+        baseline = trial.user_attrs.get(studies.BASELINE_ATTR)
+        explore = False
+        if not baseline:
+            explore = self.space.explores(self.searched)
+            self.searched += 1
+        self.space.sample(trial, self.ctx, explore=explore)
+        self.last_single = bool(baseline) or self.config.screen <= 1
+        self.last_target = trial.params.get("target_macs_ratio") if explore else None
+
+    def extras(self) -> list[Any]:
+        """The other trials of the bracket whose first trial was just sampled (maybe none).
+
+        None while trials are waiting in the queue (baselines, retries): those must be
+        evaluated as they are, not screened against fresh candidates.
+        """
+        if self.last_single:
+            return []
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return []
+        out = []
+        for _ in range(self.config.screen - 1):
+            if self.last_target is not None:
+                # The queue was empty a moment ago, so the trial asked next is this one.
+                self.study.enqueue_trial({"target_macs_ratio": self.last_target})
+            trial = self.study.ask()
+            studies.mark_driver(trial)
+            self.space.sample(trial, self.ctx, explore=self.last_target is not None)
+            out.append(trial)
+        return out
+
+    def policies(self, trials: list[Any]) -> list[dict[str, Any]]:
+        return [self.space.to_policy(t.params, self.ctx).to_dict() for t in trials]
+
+
+def record(
+    study: Any,
+    trials: list[Any],
+    result: dict[str, Any] | None,
+    config: SearchConfig,
+    started: float,
+    error: str | None = None,
+) -> list[TrialState]:
+    """Record a bracket's report (one candidate report per trial) with its driver wall time."""
+    candidates = (result or {}).get("candidates")
+    if not candidates or len(candidates) != len(trials) or error is not None:
+        reports: list[dict[str, Any] | None] = [result] + [None] * (len(trials) - 1)
+        if error is None and result and "error" not in result and len(trials) > 1:
+            error = (
+                f"the worker reported {len(candidates or [])} candidates for {len(trials)} trials"
+            )
+    else:
+        reports = list(candidates)
+    return studies.finish_bracket(
+        study, trials, reports, config.budget_flops, time.perf_counter() - started, error
+    )
