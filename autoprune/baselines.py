@@ -2,9 +2,10 @@
 
 :meth:`autoprune.space.SearchSpace.baselines` names them (uniform rates with ``l1`` and with each
 data-driven criterion, global ranking, the sensitivity allocation), all at the budget with the
-space's middle fine-tune lr. They are enqueued before any sampled trial, so the sampler starts
-from them and the front can never be worse than them, and each carries its name in the user
-attr :data:`~autoprune.study.BASELINE_ATTR`.
+space's middle fine-tune lr. A new study enqueues them before any sampled trial, so the sampler
+starts from them and, once they have run, the front is never worse than them; a resumed study
+enqueues those it lacks (``autoprune baselines NAME`` runs them at once). Each carries its name
+in the user attr :data:`~autoprune.study.BASELINE_ATTR`.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class ObjectiveConfig:
     bn_recalibration_batches: int = 8  # BN statistics re-estimated when a policy has no fine-tune
     proxy_batches: int = 8  # adaptive-BN proxy: training batches its BN statistics come from
     proxy_batch_size: int = 64
-    proxy_images: int = 2000  # adaptive-BN proxy: val images it is measured on (the first N)
+    proxy_images: int = 2000  # adaptive-BN proxy: val images it is measured on (a fixed subset)
 
     def cache_dir(self) -> Path:
         return Path(self.score_cache) if self.score_cache else studies_dir() / "cache" / "scores"
@@ -217,7 +217,9 @@ def adaptive_bn_proxy(pruned: Pruned, config: ObjectiveConfig) -> Proxy:
     )
     val = pruned.splits.val
     if config.proxy_images < len(val):  # type: ignore[arg-type]
-        val = Subset(val, range(config.proxy_images))
+        # A fixed random subset: a split stored class by class must not give the first classes.
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+        val = Subset(val, order[: config.proxy_images].tolist())
     result = evaluate(model, val, pruned.device)
     pruned.timings["screen"] = pruned.timings.get("screen", 0.0) + time.perf_counter() - t0
     return Proxy(accuracy=result.accuracy, loss=result.loss)

@@ -117,8 +117,8 @@ def sensitivity_curves(
     if path.is_file():
         try:
             raw = json.loads(path.read_text())
-            return {g: [(float(r), float(d)) for r, d in rows] for g, rows in raw.items()}
-        except (ValueError, TypeError):
+            return {str(g): [(float(r), float(d)) for r, d in rows] for g, rows in raw.items()}
+        except (ValueError, TypeError, AttributeError):
             pass  # a damaged entry is measured again, never trusted
     groups = MacsModel(base.build(), base.spec.example_inputs()).group_names
     rates = [r for r in SENSITIVITY_RATES if r <= config.max_rate] or [config.max_rate]

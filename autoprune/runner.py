@@ -52,7 +52,7 @@ def search(
     log: Log = print,
     quiet: bool = False,
     export: bool = True,
-    baselines_only: bool = False,
+    baselines_only: str | None = None,
 ) -> SearchOutcome:
     """Run (or continue) a search until the study has ``config.trials`` COMPLETE trials.
 
@@ -63,8 +63,9 @@ def search(
         log: called with one line per event (base training, trials to run).
         quiet: no progress line.
         export: write the feasible front to ``policies/<study>/`` at the end.
-        baselines_only: run only the baselines (``config.baselines``) the study lacks, however
-            many trials it holds (``autoprune baselines NAME``).
+        baselines_only: run only the baselines of this set (default | all) that the study has
+            not run yet, however many trials it holds (``autoprune baselines NAME``); the
+            stored config keeps its own ``baselines``.
     """
     config.validate()
     config = replace(config, dataset=canonical_name(config.dataset))
@@ -95,12 +96,20 @@ def search(
     done = studies.complete_count(study)
     missing = config.trials - done
     if missing > 0 or baselines_only:
-        added = enqueue_baselines(study, space, ctx, config.baselines)
+        added = enqueue_baselines(study, space, ctx, baselines_only or config.baselines)
         if added:
             log(f"baselines enqueued first: {', '.join(added)}")
+        waiting = studies.waiting_baselines(study)
         if baselines_only:
-            missing = len(added)
+            missing = len(waiting)
             config = replace(config, trials=done + missing)
+            if not waiting:
+                log("every baseline of this space is in the study already")
+        elif len(waiting) >= missing:
+            log(
+                f"--trials {config.trials} leaves room for baselines only ({len(waiting)} waiting): "
+                "raise --trials to search"
+            )
     screening = (
         f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
     )

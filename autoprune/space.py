@@ -295,7 +295,8 @@ class SearchSpace:
         criterion the space offers, global ranking and the sensitivity allocation (both with
         ``l1``); ``all``: every allocation with every scoring criterion the space offers;
         ``none``: no baseline. Only criteria and priors the space offers are used, so each
-        baseline is a point of the space the sampler can learn from.
+        baseline is a point of the space the sampler can learn from. Every baseline fine-tunes
+        with the space's first epochs, regularizer and step count and its middle lr.
         """
         if which == "none":
             return []
@@ -330,6 +331,13 @@ class SearchSpace:
             )
             if self.max_blocks_per_stage > 0:
                 params.update({f"drop:{stage}": 0 for stage in ctx.block_ranking})
+            if criterion == "class_aware" and self.class_threshold is not None:
+                # A fixed policy: the middle of the threshold range, not a sampled one.
+                high = min(self.class_threshold.high, float(ctx.spec.num_classes))
+                low = min(self.class_threshold.low, high)
+                params["min_classes"] = round(
+                    math.sqrt(low * high) if self.class_threshold.log else (low + high) / 2, 6
+                )
             out.append((f"{allocation}-{criterion}", params))
         return out
 

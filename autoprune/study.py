@@ -33,6 +33,8 @@ METRIC_NAMES = ["val_accuracy", "macs_ratio"]
 CONFIG_ATTR = "autoprune.config"
 DRIVER_ATTR = "autoprune.driver"
 BASELINE_ATTR = "autoprune.baseline"  # set on a baseline trial: its name, e.g. "uniform-l1"
+RETRY_ATTR = "autoprune.retry_of"  # set on a re-enqueued trial: the number of the one it retries
+EXPLORE_ATTR = "autoprune.explore"  # set on a retry: whether the original sampled its target
 CONSTRAINT = "macs_budget"
 # A policy within this much of the budget is "at the budget" (the projection's tolerance).
 AT_BUDGET = 0.01
@@ -222,7 +224,14 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
         )
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"autoprune.retry_of": trial.number})
+            attrs: dict[str, Any] = {
+                RETRY_ATTR: trial.number,
+                # A retry keeps its target: explore (sampled) or the budget.
+                EXPLORE_ATTR: "target_macs_ratio" in trial.params,
+            }
+            if trial.user_attrs.get(BASELINE_ATTR):  # still that baseline, not a searched trial
+                attrs[BASELINE_ATTR] = trial.user_attrs[BASELINE_ATTR]
+            study.enqueue_trial(trial.params, user_attrs=attrs)
         recovered += 1
     if recovered:
         log(
@@ -259,6 +268,8 @@ def finish_trial(
     reason in user attr ``error``.
     """
     values = None
+    if result and error is None and "error" in result:
+        error = str(result["error"])  # a user-caused problem the worker reported
     screened_out = result is not None and result.get("finetuned") is False and error is None
     if result and error is None and not screened_out:
         raw = [result.get(m) for m in METRIC_NAMES]
@@ -270,8 +281,6 @@ def finish_trial(
         for key in RECORDED:
             if key in result and result[key] is not None:
                 trial.set_user_attr(key, _jsonable(result[key]))
-        if "error" in result and error is None:
-            error = str(result["error"])
     if screened_out and error is None and result is not None:
         macs_ratio = result.get("macs_ratio")
         if isinstance(macs_ratio, (int, float)) and math.isfinite(float(macs_ratio)):
@@ -304,9 +313,11 @@ def finish_bracket(
 ) -> list[TrialState]:
     """Record a bracket: every candidate's outcome, and its cost on the fine-tuned trial.
 
-    ``wall`` is the driver's time from asking the bracket's first trial to recording it; what
-    the candidates' own phases do not account for is stored as ``overhead`` (Ray, DB, pickling)
-    on the trial that was fine-tuned (the first one when none was).
+    ``wall`` is the driver's time from asking the bracket's first trial to receiving its report
+    (the DB writes that record it come after); what the candidates' own phases do not account
+    for is stored as ``overhead`` — asking and sampling, Ray's scheduling (including any wait
+    for free resources), pickling and transport — on the trial that was fine-tuned (the first
+    one when none was).
     """
     spent = sum(float((r or {}).get("timings", {}).get("total", 0.0)) for r in results)
     first = trials[0].number
@@ -383,6 +394,15 @@ def baseline_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in completed_trials(study) if t.user_attrs.get(BASELINE_ATTR)]
 
 
+def waiting_baselines(study: optuna.Study) -> list[FrozenTrial]:
+    """Baseline trials enqueued and not yet run."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if t.user_attrs.get(BASELINE_ATTR)
+    ]
+
+
 def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
     """The best feasible non-baseline COMPLETE trial at the budget (None when there is none)."""
     rows = [
@@ -397,13 +417,17 @@ def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
 def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
     """Spearman rank correlation of the proxy with fine-tuned val accuracy, and its sample size.
 
-    Over the COMPLETE trials that carry both (every fine-tuned trial measures its proxy first);
-    None with fewer than three such trials.
+    Over the COMPLETE trials at the budget that carry both (every fine-tuned trial measures its
+    proxy first): screening compares candidates at one target, and pooling targets would
+    inflate the figure (proxy and accuracy both rise with MACs). Only candidates the proxy let
+    through are fine-tuned, so this is the correlation among those. None below three trials.
     """
+    budget = study_budget(study)
     pairs = [
         (float(t.user_attrs["proxy_accuracy"]), float(t.values[0]))
         for t in completed_trials(study)
         if isinstance(t.user_attrs.get("proxy_accuracy"), (int, float))
+        and (budget is None or t.values[1] >= budget - AT_BUDGET)
     ]
     if len(pairs) < 3:
         return None
@@ -443,7 +467,7 @@ def timing_summary(study: optuna.Study) -> list[tuple[str, float, float, float]]
 
     A bracket is a fine-tuned trial plus the candidates it was screened against; its phases
     are summed over its candidates. The first bracket of each worker also pays for loading
-    the dataset and base model, which the medians leave out and the total share does not.
+    the dataset and base model: the medians are robust to it, the total share includes it.
     """
     by_bracket: dict[int, dict[str, float]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):

@@ -313,3 +313,76 @@ def test_fashion_mnist_missing_or_corrupt_files_say_how_to_fix(tmp_path: Path) -
     labels.write_bytes(b"not an idx file")
     with pytest.raises(UserError, match="bad magic number"):
         data.create("fashion-mnist", root=root)
+
+
+# --------------------------------------------------------------------------- recording edge cases
+
+
+def _memory_study() -> optuna.Study:
+    return optuna.create_study(directions=["maximize", "minimize"])
+
+
+def test_a_reported_error_is_stored_as_the_failure_reason() -> None:
+    from autoprune import study as studies
+
+    study = _memory_study()
+    trial = study.ask()
+    report = {
+        "error": "target 0.1 unreachable",
+        "val_accuracy": float("nan"),
+        "macs_ratio": float("nan"),
+    }
+    assert studies.finish_trial(study, trial, report, 0.5) is TrialState.FAIL
+    assert study.get_trials()[0].user_attrs["error"] == "target 0.1 unreachable"
+
+
+def test_a_crashed_baseline_is_retried_as_that_baseline_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from autoprune import study as studies
+    from autoprune.baselines import enqueue_baselines
+    from autoprune.space import SearchSpace
+
+    space = SearchSpace.from_dict({"criteria": ["l1"], "rate": {"low": 0.0, "high": 0.8}})
+    ctx = _tiny_context()
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize"]
+    )
+    assert enqueue_baselines(study, space, ctx, "default") == ["uniform-l1"]
+    trial = study.ask()
+    space.sample(trial, ctx)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    trial.set_user_attr(studies.DRIVER_ATTR, f"{socket.gethostname()}:{dead.stdout.strip()}")
+    assert studies.recover_stale_trials(study, log=lambda _: None) == 1
+    retry = study.get_trials()[-1]
+    assert retry.user_attrs[studies.BASELINE_ATTR] == "uniform-l1"
+    assert retry.user_attrs[studies.EXPLORE_ATTR] is False
+    assert enqueue_baselines(study, space, ctx, "default") == [], "the retry is that baseline"
+
+
+def test_class_aware_baselines_fix_their_threshold() -> None:
+    from autoprune.space import SearchSpace
+
+    space = SearchSpace.from_dict(
+        {"criteria": ["l1", "class_aware"], "class_threshold": {"low": 1.0, "high": 5.0}}
+    )
+    baselines = dict(space.baselines(_tiny_context(), "default"))
+    assert baselines["uniform-class_aware"]["min_classes"] == 3.0
+    assert "min_classes" not in baselines["uniform-l1"]
+
+
+def _tiny_context():  # type: ignore[no-untyped-def]
+    from autoprune.models import ModelSpec
+    from autoprune.space import SpaceContext
+
+    names = ["conv1", "layer1.0.conv1"]
+    return SpaceContext(
+        spec=ModelSpec("resnet20", 10, (1, 28, 28)),
+        budget=0.5,
+        group_names=names,
+        group_stage={n: "a" for n in names},
+    )

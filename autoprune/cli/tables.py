@@ -96,15 +96,17 @@ def print_study(study_obj: Any, name: str) -> None:
                 for t in base
                 if "policy" in t.user_attrs
             ],
-            title="baselines (same budget and fine-tune as the search)",
+            title="baselines (at the budget; the space's first fine-tune epochs at its middle lr)",
         )
     front = studies.pareto_front(study_obj)
     if front and budget is not None:
         best = studies.winner(front, budget)
         searched = studies.best_searched(study_obj, budget)
+        near = best.macs_ratio >= budget - studies.AT_BUDGET
         line = (
             f"winner at the budget {budget:g}: trial {best.number}, val acc {best.val_accuracy:.4f}, "
             f"MACs ratio {best.macs_ratio:.4f}"
+            + ("" if near else f" (no trial within {studies.AT_BUDGET} of the budget)")
         )
         if base:
             top = max(base, key=lambda t: t.values[0])
@@ -115,7 +117,7 @@ def print_study(study_obj: Any, name: str) -> None:
     rho = studies.proxy_spearman(study_obj)
     if rho is not None:
         print(
-            f"adaptive-BN proxy vs fine-tuned val accuracy: Spearman {rho[0]:.3f} over {rho[1]} trials"
+            f"adaptive-BN proxy vs fine-tuned val accuracy at the budget: Spearman {rho[0]:.3f} over {rho[1]} trials"
         )
 
 

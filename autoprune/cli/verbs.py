@@ -226,14 +226,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     storage = studies.open_storage(args.storage)
     config = studies.load_config(storage, args.name)
     overrides = {"executor": args.executor} if args.executor else {}
-    config = replace(
-        config,
-        storage=args.storage or config.storage,
-        study=args.name,
-        baselines=args.which,
-        **overrides,
-    )
-    search(config, quiet=args.quiet, baselines_only=True)
+    config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
+    search(config, quiet=args.quiet, baselines_only=args.which)
     print_study(studies.load_study(storage, args.name), args.name)
     return 0
 

@@ -7,8 +7,10 @@ Two executors share everything but the loop:
   each result before ``tell``.
 * :mod:`.local` — Optuna's ask/tell loop in this process, no Ray.
 
-Both evaluate a policy with :func:`.results.evaluate_for_trial` (which calls
-:func:`autoprune.objective.evaluate_policy`) and record it with
-:func:`autoprune.study.finish_trial`; both stop asking once the study holds ``--trials``
-finished trials, whoever finished them.
+Both hand out brackets (:mod:`.brackets`: one trial, or ``--screen K`` candidates of which the
+adaptive-BN proxy picks one to fine-tune), evaluate them with
+:func:`.results.evaluate_bracket_for_trial` (which calls
+:func:`autoprune.objective.evaluate_bracket`) and record them with
+:func:`autoprune.study.finish_bracket`; both stop asking once the study holds ``--trials``
+fine-tuned trials, whoever finished them.
 """

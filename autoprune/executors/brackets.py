@@ -51,12 +51,15 @@ class BracketSource:
         """Sample the first trial of a bracket (Ray's ``OptunaSearch`` calls this as its space)."""
         studies.mark_driver(trial)
         baseline = trial.user_attrs.get(studies.BASELINE_ATTR)
+        retry = studies.RETRY_ATTR in trial.user_attrs
         explore = False
-        if not baseline:
+        if retry:  # re-run as it was: its fixed params hold its target when it explored
+            explore = bool(trial.user_attrs.get(studies.EXPLORE_ATTR))
+        elif not baseline:
             explore = self.space.explores(self.searched)
             self.searched += 1
         self.space.sample(trial, self.ctx, explore=explore)
-        self.last_single = bool(baseline) or self.config.screen <= 1
+        self.last_single = bool(baseline) or retry or self.config.screen <= 1
         self.last_target = trial.params.get("target_macs_ratio") if explore else None
 
     def extras(self) -> list[Any]:

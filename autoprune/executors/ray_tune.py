@@ -1,9 +1,9 @@
 """The Ray Tune executor: trials run in Ray worker processes; the driver samples and records.
 
 An ``OptunaSearch`` subclass (:func:`policy_searcher`) turns each sampled set of params into a
-policy on the driver, hands workers only that policy, and records every result the autoprune
-way (constraint, applied policy, timings; errors and NaN become FAIL) before ``tell``. The
-Optuna study in SQL is the search's record: Tune's own experiment snapshots are not used.
+bracket of policies on the driver, hands workers only those policies, and records every result
+the autoprune way (constraint, applied policy, timings; errors and NaN become FAIL) before
+``tell``. The Optuna study in SQL is the search's record: Tune's own snapshots are not used.
 """
 
 from __future__ import annotations
@@ -139,10 +139,19 @@ def policy_searcher(
             source.study = self._ot_study
             if super().suggest(trial_id) is None:  # samples the first trial with ``source``
                 return None
-            trials = [self._ot_trials[trial_id], *source.extras()]
+            trials = [self._ot_trials[trial_id]]
+            try:
+                trials += source.extras()
+                policies = source.policies(trials)
+            except Exception as exc:  # a bug: no asked trial may stay RUNNING behind it
+                record(
+                    self._ot_study, trials, None, config, started, f"{type(exc).__name__}: {exc}"
+                )
+                self._recorded.add(trial_id)
+                raise
             self._extras[trial_id] = trials[1:]
             self._started[trial_id] = started
-            return {"policies": source.policies(trials), "trial_number": trials[0].number}
+            return {"policies": policies, "trial_number": trials[0].number}
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

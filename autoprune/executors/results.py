@@ -53,7 +53,13 @@ def evaluate_for_trial(objective: ObjectiveConfig, policy_dict: dict[str, Any]) 
     try:
         return encode(evaluate_policy(objective, Policy.from_dict(policy_dict)))
     except UserError as exc:
-        return {"error": str(exc)}
+        return _error(exc)
+
+
+def _error(exc: UserError) -> dict[str, Any]:
+    # NaN metrics, not none: Ray Tune rejects a report without its searcher's metrics, and the
+    # driver records NaN (or the error) as FAIL with this message.
+    return {"error": str(exc), "val_accuracy": float("nan"), "macs_ratio": float("nan")}
 
 
 def evaluate_bracket_for_trial(
@@ -71,8 +77,7 @@ def evaluate_bracket_for_trial(
     reports: list[dict[str, Any]] = []
     outcomes = evaluate_bracket(objective, [Policy.from_dict(p) for p in policy_dicts], keep)
     for outcome in outcomes:
-        reports.append(
-            {"error": str(outcome)} if isinstance(outcome, UserError) else encode(outcome)
-        )
+        reports.append(_error(outcome) if isinstance(outcome, UserError) else encode(outcome))
     top = next((r for r in reports if r.get("finetuned")), reports[0])
+    # ``top`` carries the metrics Tune requires (NaN when every candidate failed).
     return {**top, "candidates_json": json.dumps(reports)}
