@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space", help="search space name in search_spaces/ or a YAML path (default: default)"
     )
-    p.add_argument("--trials", type=int, help="the study's total of complete trials (default 12)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="the study's total of fine-tuned trials, baselines included (default 20)",
+    )
     p.add_argument("--sampler", help="tpe | nsga2 | gp | random (default tpe)")
     p.add_argument("--seed", type=int)
     p.add_argument("--executor", help="ray (default) | local")
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a study with the config stored in it")
     p.add_argument("name")
     p.add_argument("--storage")
-    p.add_argument("--trials", type=int, help="new total of complete trials")
+    p.add_argument("--trials", type=int, help="new total of fine-tuned trials")
     p.add_argument("--executor")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--quiet", action="store_true")
