@@ -98,7 +98,7 @@ def test_baselines_run_first_once_and_screening_records_every_candidate(
     names = [t.user_attrs.get("autoprune.baseline") for t in _trials(db)]
     assert sorted(n for n in names if n) == ["uniform-fpgm", "uniform-l1", "uniform-taylor"]
     out = capsys.readouterr().out
-    assert "baselines (same budget" in out and "uniform-fpgm" in out
+    assert "baselines (at the budget" in out and "uniform-fpgm" in out
     assert "Spearman" in out and "winner at the budget 0.5" in out
 
     assert main(["show", "q", "--storage", f"sqlite:///{db}", "--timing"]) == 0
