@@ -119,11 +119,11 @@ def test_no_baselines_and_no_screening(trained_base: Path, workdir: Path) -> Non
 
 
 def test_bad_screen_and_baselines_values_exit_2(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, autoprune_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["search", "--screen", "0"]) == 2
     assert "--screen 0 must be in [1, 64]" in capsys.readouterr().err
-    assert not (workdir / "studies" / "autoprune.db").exists(), "nothing stored"
+    assert not (autoprune_home / "autoprune.db").exists(), "nothing stored"
     with pytest.raises(SystemExit) as info:
         main(["search", "--baselines", "some"])
     assert info.value.code == 2

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
+from autoprune.progress import Progress
 from autoprune.space import SearchSpace, SpaceContext
 
 
@@ -94,8 +95,10 @@ def record(
     config: SearchConfig,
     started: float,
     error: str | None = None,
+    progress: Progress | None = None,
 ) -> list[TrialState]:
-    """Record a bracket's report (one candidate report per trial) with its driver wall time."""
+    """Record a bracket's report (one candidate report per trial) with its driver wall time,
+    and count every recorded trial on ``progress``."""
     candidates = (result or {}).get("candidates")
     if not candidates or len(candidates) != len(trials) or error is not None:
         reports: list[dict[str, Any] | None] = [result] + [None] * (len(trials) - 1)
@@ -105,6 +108,11 @@ def record(
             )
     else:
         reports = list(candidates)
-    return studies.finish_bracket(
+    states = studies.finish_bracket(
         study, trials, reports, config.budget_flops, time.perf_counter() - started, error
     )
+    if progress is not None:
+        done = studies.complete_count(study)
+        for state, report in zip(states, reports, strict=True):
+            progress.update(done, report, state.name)
+    return states

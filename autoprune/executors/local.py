@@ -42,8 +42,4 @@ def run_local(
             result = decode(evaluate_bracket_for_trial(objective, source.policies(trials)))
         except Exception as exc:  # a bug or a resource problem: recorded, the search goes on
             result, error = None, f"{type(exc).__name__}: {exc}"
-        states = record(study, trials, result, config, started, error)
-        for state, report in zip(
-            states, (result or {}).get("candidates") or [result], strict=False
-        ):
-            progress.update(studies.complete_count(study), report, state.name)
+        record(study, trials, result, config, started, error, progress)

@@ -166,21 +166,16 @@ def policy_searcher(
             )
             assert self._ot_study is not None
             trials = [self._ot_trials[trial_id], *self._extras.pop(trial_id, [])]
-            states = record(
+            record(
                 self._ot_study,
                 trials,
                 decoded,
                 config,
                 self._started.pop(trial_id, time.perf_counter()),
                 reason,
+                self._progress,
             )
             self._recorded.add(trial_id)
-            if self._progress is not None:
-                reports = (decoded or {}).get("candidates") or [decoded]
-                for state, report in zip(states, reports, strict=False):
-                    self._progress.update(
-                        studies.complete_count(self._ot_study), report, state.name
-                    )
 
     source = BracketSource(study, space, ctx, config)
     return PolicySearch(

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from autoprune.errors import UserError
-from autoprune.objective import Metrics, ObjectiveConfig, evaluate_bracket, evaluate_policy
+from autoprune.objective import Metrics, ObjectiveConfig, evaluate_bracket
 from autoprune.policy import Policy
 
 
@@ -48,14 +48,6 @@ def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def evaluate_for_trial(objective: ObjectiveConfig, policy_dict: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate a policy; a user-caused problem (e.g. unreachable target) is reported, not raised."""
-    try:
-        return encode(evaluate_policy(objective, Policy.from_dict(policy_dict)))
-    except UserError as exc:
-        return _error(exc)
-
-
 def _error(exc: UserError) -> dict[str, Any]:
     # NaN metrics, not none: Ray Tune rejects a report without its searcher's metrics, and the
     # driver records NaN (or the error) as FAIL with this message.
@@ -71,9 +63,6 @@ def evaluate_bracket_for_trial(
     candidate's report, in order, under ``candidates_json``. A candidate the user's settings
     make impossible (e.g. an unreachable target) is reported as ``{"error": message}``.
     """
-    if len(policy_dicts) == 1:
-        single = evaluate_for_trial(objective, policy_dicts[0])
-        return {**single, "candidates_json": json.dumps([single])}
     reports: list[dict[str, Any]] = []
     outcomes = evaluate_bracket(objective, [Policy.from_dict(p) for p in policy_dicts], keep)
     for outcome in outcomes:
