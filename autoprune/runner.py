@@ -22,6 +22,7 @@ from autoprune.export import export_front
 from autoprune.progress import Progress
 from autoprune.sampler import make_sampler
 from autoprune.space import SearchSpace
+from autoprune.storage import raise_if_lost
 
 Log = Callable[[str], Any]
 
@@ -115,7 +116,10 @@ def search(
     )
     log(f"study '{name}' in {url}: {done} complete, running {max(missing, 0)} more{screening}")
     if missing > 0:
-        with Progress(config.trials, done, config.budget_flops, quiet=quiet) as progress:
+        with (
+            Progress(config.trials, done, config.budget_flops, quiet=quiet) as progress,
+            raise_if_lost(storage),  # a database gone for good stops the search with one line
+        ):
             if config.executor == "local":
                 from autoprune.executors.local import run_local
 

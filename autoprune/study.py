@@ -27,6 +27,8 @@ from autoprune.data import canonical_name
 from autoprune.errors import UserError
 from autoprune.files import studies_dir
 from autoprune.policy import Policy
+from autoprune.storage import ReconnectingStorage
+from autoprune.storage import engine_kwargs as server_engine_kwargs
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
 METRIC_NAMES = ["val_accuracy", "macs_ratio"]
@@ -49,6 +51,8 @@ def default_storage_url() -> str:
 def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for a SQLAlchemy URL (default: SQLite under studies/).
 
+    A database server's storage waits out a restart (:class:`~autoprune.storage.ReconnectingStorage`).
+
     Raises:
         UserError: the URL is malformed, its driver is missing, or the database cannot be opened.
     """
@@ -62,7 +66,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
                 f"--storage {url}: folder {db_path.parent} does not exist; create it or fix the path"
             )
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except ImportError as exc:
         raise UserError(
             f"--storage {url}: the database driver is not installed ({exc}); for PostgreSQL install autoprune[postgres]"
@@ -71,12 +75,16 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         raise UserError(
             f"--storage {url} cannot be opened: {type(exc).__name__}: {exc}".split("\n")[0]
         ) from exc
+    if url.startswith("sqlite"):
+        return rdb
+    # A database server may restart or drop idle connections during an hours-long search.
+    return ReconnectingStorage(optuna.storages.get_storage(rdb), url)
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True}
+    return server_engine_kwargs(url)
 
 
 def study_name_for(config: SearchConfig) -> str:
