@@ -52,6 +52,13 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def is_state_dict(value: Any) -> bool:
+    """Whether ``value`` is ``{name: tensor}``, the only shape of weights a checkpoint holds."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
 @dataclass
 class BaseCheckpoint:
     """A loaded base checkpoint."""
@@ -103,18 +110,23 @@ def load_base(path: str | Path, payload: Any = None) -> BaseCheckpoint:
         UserError: the file is missing, not an autoprune base checkpoint, or corrupted.
     """
     path = Path(path)
+    fix = "train one with `autoprune train` or fix --base-checkpoint"
     if payload is None:
-        payload = read_torch_file(
-            path, "base checkpoint", "train one with `autoprune train` or fix --base-checkpoint"
-        )
+        payload = read_torch_file(path, "base checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") != BASE_FORMAT:
         raise UserError(
-            f"{path} is not an autoprune base checkpoint (expected format {BASE_FORMAT})"
+            f"{path} is not an autoprune base checkpoint (expected format {BASE_FORMAT}): {fix}"
+        )
+    if not is_state_dict(payload.get("state_dict")) or not isinstance(payload.get("model"), dict):
+        raise UserError(
+            f"base checkpoint {path} is damaged: it lacks its model or its weights; "
+            f"re-download or re-create it: {fix}"
         )
     sha = state_dict_sha256(payload["state_dict"])
     if sha != payload.get("sha256"):
         raise UserError(
-            f"base checkpoint {path} is corrupted: its weights do not match the stored sha256"
+            f"base checkpoint {path}: its weights do not match the sha256 recorded in it, so the "
+            f"file was modified or damaged; re-download or re-create it: {fix}"
         )
     return BaseCheckpoint(
         path=path,

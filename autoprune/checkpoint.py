@@ -4,7 +4,10 @@ A pruned checkpoint never pickles modules. It is a plain dict that loads with
 ``torch.load(weights_only=True)``::
 
     {format, model: ModelSpec dict, policy: applied policy dict, pruning_history,
-     state_dict, metrics, base_sha256}
+     state_dict, metrics, base_sha256, sha256}
+
+``sha256`` hashes the state dict as a base checkpoint's does, so a file modified or damaged
+after it was written is refused (files written before it was recorded load unchecked).
 
 :func:`load_checkpoint` rebuilds the base architecture, drops the policy's blocks, replays
 the pruning history with torch-pruning's ``load_pruning_history`` and loads the weights.
@@ -18,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from autoprune.base import load_base
+from autoprune.base import is_state_dict, load_base, state_dict_sha256
 from autoprune.errors import UserError
 from autoprune.files import read_torch_file, save_torch
 from autoprune.models import ModelSpec
@@ -40,14 +43,16 @@ def save_checkpoint(
 ) -> Path:
     """Write a pruned checkpoint atomically."""
     path = Path(path)
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": policy.model.to_dict(),
         "policy": policy.to_dict(),
         "pruning_history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "base_sha256": base_sha256,
+        "sha256": state_dict_sha256(state_dict),
     }
     return save_torch(path, payload)
 
@@ -67,14 +72,31 @@ def load_checkpoint(path: str | Path, payload: Any = None) -> LoadedCheckpoint:
     ``payload`` is the file's content when the caller has read it already.
 
     Raises:
-        UserError: the file is missing, not a pruned autoprune checkpoint, or does not fit.
+        UserError: the file is missing, not a pruned autoprune checkpoint, damaged (its weights
+            do not match their recorded sha256), or does not fit.
     """
     path = Path(path)
+    fix = "give a file written by `autoprune replay`"
     if payload is None:
-        payload = read_torch_file(path, "checkpoint", "give a file written by `autoprune replay`")
+        payload = read_torch_file(path, "checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
-            f"{path} is not a pruned autoprune checkpoint (expected format {CHECKPOINT_FORMAT})"
+            f"{path} is not a pruned autoprune checkpoint (expected format {CHECKPOINT_FORMAT}): {fix}"
+        )
+    if not (
+        is_state_dict(payload.get("state_dict"))
+        and isinstance(payload.get("model"), dict)
+        and isinstance(payload.get("policy"), dict)
+        and isinstance(payload.get("pruning_history"), list)
+    ):
+        raise UserError(
+            f"checkpoint {path} is damaged: it lacks its model, policy, pruning history or "
+            f"weights; re-create it: {fix}"
+        )
+    if "sha256" in payload and state_dict_sha256(payload["state_dict"]) != payload["sha256"]:
+        raise UserError(
+            f"checkpoint {path}: its weights do not match the sha256 recorded in it, so the file "
+            f"was modified or damaged; re-create it: {fix}"
         )
     spec = ModelSpec.from_dict(payload["model"])
     policy = Policy.from_dict(payload["policy"], source=str(path))
@@ -83,8 +105,9 @@ def load_checkpoint(path: str | Path, payload: Any = None) -> LoadedCheckpoint:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise UserError(
-            f"checkpoint {path}: weights do not fit the replayed architecture ({exc})"
+        raise UserError(  # torch's text lists every mismatched tensor, over many lines
+            f"checkpoint {path}: its weights do not fit the architecture its pruning history "
+            f"rebuilds, so the file was modified or damaged; re-create it: {fix}"
         ) from exc
     return LoadedCheckpoint(
         model=model.eval(),

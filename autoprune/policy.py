@@ -31,7 +31,7 @@ import yaml
 
 from autoprune import criteria
 from autoprune.errors import UserError
-from autoprune.files import write_text
+from autoprune.files import parse_yaml, read_text_file, write_text
 from autoprune.models import ModelSpec
 from autoprune.train import Retrain
 
@@ -144,18 +144,12 @@ class Policy:
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> Policy:
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"{source}: not valid YAML ({exc})") from exc
+        raw = parse_yaml(text, source, "policies")  # one line for bad YAML or object tags
         return cls.from_dict(raw, source)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"policy file {path} does not exist")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        return cls.from_yaml(read_text_file(path, "policy file"), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "policy") -> Policy:

@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from autoprune import criteria
 from autoprune.errors import UserError
+from autoprune.files import parse_yaml, read_text_file
 from autoprune.groups import build_graph, current_groups
 from autoprune.models import ModelSpec
 from autoprune.policy import BaseRef, ClassAware, Depth, GroupPolicy, Policy, Schedule
@@ -100,10 +99,8 @@ class SearchSpace:
             raise UserError(
                 f"search space '{name_or_path}' not found ({path}); give a YAML path or one of: {', '.join(bundled)}"
             )
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"search space {path}: not valid YAML ({exc})") from exc
+        text = read_text_file(path, "search space")
+        raw = parse_yaml(text, f"search space {path}", "search spaces")
         return cls.from_dict(raw, name=path.stem, source=str(path))
 
     @classmethod

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from autoprune.files import save_torch
+from autoprune.errors import UserError
+from autoprune.files import read_torch_file, save_torch
 
 
 class ScoreCache:
@@ -35,10 +36,14 @@ class ScoreCache:
         if not path.is_file():
             return None
         try:
-            scores = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            return None  # a damaged entry is recomputed, never trusted
-        return scores if isinstance(scores, dict) else None
+            scores = read_torch_file(path, "score cache entry", "it is computed again")
+        except UserError:
+            return None  # a damaged or foreign entry is recomputed, never trusted
+        if not isinstance(scores, dict) or not all(
+            isinstance(v, torch.Tensor) for v in scores.values()
+        ):
+            return None
+        return scores
 
     def put(self, key: str, scores: dict[str, torch.Tensor]) -> None:
         save_torch(self._path(key), {k: v.detach().cpu() for k, v in scores.items()})
