@@ -76,6 +76,28 @@ class BaseCheckpoint:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
+    def image_size(self, dataset: str, requested: int | None = None) -> int | None:
+        """The ``image_size`` to load ``dataset`` with for this model: the size it was trained at.
+
+        Only ``imagefolder:`` images are resized, so a search, its resume and a replay take the
+        size from the checkpoint's ``input_shape`` and a user never repeats ``--image-size``.
+        ``None`` for a non-square input: the model was trained at the images' own size.
+
+        Raises:
+            UserError: ``requested`` differs from the size the model was trained at.
+        """
+        if not dataset.startswith("imagefolder:"):
+            return requested
+        _, height, width = self.spec.input_shape
+        if requested is None:
+            return height if height == width else None
+        if (requested, requested) != (height, width):
+            raise UserError(
+                f"--image-size {requested} differs from the {width}x{height} images base checkpoint "
+                f"{self.path} was trained on: drop --image-size (the checkpoint's size is used)"
+            )
+        return requested
+
 
 def save_base(
     path: Path,
@@ -150,9 +172,14 @@ def train_base(
     batch_size: int = 128,
     seed: int = 0,
     device: str = "auto",
+    image_size: int | None = None,
     log: Any = print,
 ) -> BaseCheckpoint:
-    """Train a model from scratch on a dataset and save it as a base checkpoint."""
+    """Train a model from scratch on a dataset and save it as a base checkpoint.
+
+    ``image_size`` resizes ``imagefolder:`` images (default: their own size); the size trained
+    at is the checkpoint's ``input_shape``, which searches and replays of it reuse.
+    """
     from autoprune import data, models
     from autoprune.macs import count_macs_params
     from autoprune.train import (
@@ -166,7 +193,7 @@ def train_base(
 
     models.check_name(model_name)  # before loading data: a typo should not cost a dataset load
     dataset_name = data.canonical_name(dataset_name)
-    splits = data.create(dataset_name, root=data_root, download=download)
+    splits = data.create(dataset_name, root=data_root, download=download, image_size=image_size)
     dev = select_device(device)
     seed_everything(seed)
     model = models.create(

@@ -134,6 +134,7 @@ def replay(
     base_checkpoint: str | None = None,
     dataset: str | None = None,
     data_root: str | None = None,
+    image_size: int | None = None,
     epochs: float | None = None,
     out: str | Path | None = None,
     device: str = "auto",
@@ -144,7 +145,8 @@ def replay(
 
     The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
-    evaluated as well.
+    evaluated as well. ``imagefolder:`` images are resized to the size the base checkpoint was
+    trained at (its ``input_shape``); ``image_size`` may only repeat it.
     """
     checkpoint = base_checkpoint or policy.base.checkpoint
     if not checkpoint:
@@ -159,6 +161,7 @@ def replay(
         base_checkpoint=str(checkpoint),
         dataset=dataset_name,
         data_root=data_root,
+        image_size=image_size,
         device=device,
         threads=threads,
     )

@@ -20,6 +20,7 @@ class SearchConfig:
     model: str = "resnet20"  # model registry name of the base checkpoint's architecture
     dataset: str = "mnist5k"  # dataset registry name
     data_root: str | None = None  # dataset folder (cifar10/cifar100)
+    image_size: int | None = None  # imagefolder: side images are resized to; None: the base's size
     base_checkpoint: str | None = None  # None: the cached embedded default (trained on first use)
     space: str = "default"  # search space name under search_spaces/ or a YAML path
     trials: int = 20  # the study's total of COMPLETE (fine-tuned) trials, baselines included
@@ -69,6 +70,8 @@ class SearchConfig:
             )
         if self.calibration_images < 1:
             raise UserError(f"--calibration-images {self.calibration_images} must be >= 1")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"--image-size {self.image_size} must be >= 1 (pixels a side)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,6 +46,7 @@ class ObjectiveConfig:
     base_checkpoint: str  # path of the base checkpoint every policy starts from
     dataset: str  # dataset registry name
     data_root: str | None = None  # folder of the dataset (cifar10/cifar100)
+    image_size: int | None = None  # imagefolder: side images are resized to; None: the base's
     download: bool = False  # let torchvision download the dataset
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads in this process (None: torch's default)
@@ -110,17 +111,36 @@ def _cached_base(path: str, mtime: float) -> BaseCheckpoint:
     return load_base(path)
 
 
+def load_splits(
+    name: str, root: str | None, download: bool = False, image_size: int | None = None
+) -> DataSplits:
+    """A dataset's splits, cached per process (trial workers and the driver reuse them).
+
+    Keyed by all four arguments however they are passed: an imagefolder at another size is
+    other data.
+    """
+    return _cached_splits(name, root, download, image_size)
+
+
 @functools.lru_cache(maxsize=2)
-def load_splits(name: str, root: str | None, download: bool = False) -> DataSplits:
-    """A dataset's splits, cached per process (trial workers and the driver reuse them)."""
-    return data.create(name, root=root, download=download)
+def _cached_splits(
+    name: str, root: str | None, download: bool, image_size: int | None
+) -> DataSplits:
+    return data.create(name, root=root, download=download, image_size=image_size)
 
 
 def load_inputs(config: ObjectiveConfig) -> tuple[BaseCheckpoint, DataSplits]:
     """The base checkpoint and dataset splits, cached per process (trial workers reuse them)."""
     path = Path(config.base_checkpoint)
     base = _cached_base(str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
-    splits = load_splits(config.dataset, config.data_root, config.download)
+    image_size = base.image_size(config.dataset, config.image_size)
+    splits = load_splits(config.dataset, config.data_root, config.download, image_size)
+    if config.dataset.startswith("imagefolder:") and splits.input_shape != base.spec.input_shape:
+        raise UserError(
+            f"dataset '{config.dataset}' now gives inputs of shape {list(splits.input_shape)}, "
+            f"but base checkpoint {base.path} was trained on {list(base.spec.input_shape)}: "
+            "restore the images the base was trained on, or train a new base"
+        )
     return base, splits
 
 

@@ -54,7 +54,7 @@ def resolve_base(config: SearchConfig, log: Log) -> BaseCheckpoint:
 
 def block_ranking(base: BaseCheckpoint, config: SearchConfig) -> dict[str, list[str]]:
     """Removable residual blocks per stage, lowest discriminative score (PLS-VIP) first."""
-    splits = load_splits(config.dataset, config.data_root)
+    splits = load_splits(config.dataset, config.data_root, image_size=config.image_size)
     calibration = Calibration(
         splits.calibration, splits.name, num_images=config.calibration_images, seed=config.seed
     )
@@ -93,6 +93,7 @@ def objective_config(config: SearchConfig, space: SearchSpace) -> ObjectiveConfi
         base_checkpoint=config.base_checkpoint or "",
         dataset=config.dataset,
         data_root=config.data_root,
+        image_size=config.image_size,
         device=config.device,
         threads=max(1, int(config.cpus_per_trial)),
         max_rate=space.max_rate,

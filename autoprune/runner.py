@@ -75,7 +75,12 @@ def search(
     sampler = make_sampler(config.sampler, config.seed, config.trials, config.max_concurrent > 1)
     storage = studies.open_storage(config.storage)
     base = prepare.resolve_base(config, log)
-    config = replace(config, model=base.spec.name, base_checkpoint=str(Path(base.path).resolve()))
+    config = replace(
+        config,
+        model=base.spec.name,
+        base_checkpoint=str(Path(base.path).resolve()),
+        image_size=base.image_size(config.dataset, config.image_size),
+    )
     if config.data_root:
         config = replace(config, data_root=str(Path(config.data_root).resolve()))
     name = studies.study_name_for(config)

@@ -12,6 +12,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let torchvision download the dataset into --data-root",
     )
+    _add_image_size_arg(p)
+
+
+def _add_image_size_arg(p: argparse.ArgumentParser, reused: str = "") -> None:
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="imagefolder: resize images to N x N (default: their own size; they must share it)"
+        + reused,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="baseline trials run first (default: uniform l1 + data-driven criteria, global, sensitivity)",
     )
     p.add_argument("--data-root")
+    _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -151,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-root")
+    _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
     p = sub.add_parser(
         "onnx",
         help="export a checkpoint to ONNX and check it under ONNX Runtime (needs the onnx extra)",

@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        image_size=args.image_size,
     )
     return 0
 
@@ -95,6 +96,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from autoprune.groups import discover_groups
     from autoprune.macs import count_macs_params
 
+    if args.image_size is not None and not args.dataset:
+        raise UserError(
+            "--image-size resizes a --dataset's images: give --dataset too, or use --input-size"
+        )
     if args.base_checkpoint:
         from autoprune.base import load_base
 
@@ -102,7 +107,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model, spec = base.build(), base.spec
     else:
         if args.dataset:
-            splits = data.create(args.dataset, root=args.data_root)
+            splits = data.create(args.dataset, root=args.data_root, image_size=args.image_size)
             shape, classes = splits.input_shape, splits.num_classes
         else:
             shape, classes = (args.in_channels, args.input_size, args.input_size), args.num_classes
@@ -144,15 +149,19 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
     from autoprune.criteria.calibration import Calibration
 
     dataset = args.dataset
-    if args.base_checkpoint and not dataset:
+    image_size = args.image_size
+    if args.base_checkpoint:
         from autoprune.base import load_base
 
-        dataset = load_base(args.base_checkpoint).dataset.get("name")
+        base = load_base(args.base_checkpoint)
+        dataset = dataset or base.dataset.get("name")
+        if dataset:
+            image_size = base.image_size(dataset, image_size)
     if not dataset:
         raise UserError(
             "--blocks scores blocks on data: give --dataset (and --base-checkpoint for trained weights)"
         )
-    splits = data.create(dataset, root=args.data_root)
+    splits = data.create(dataset, root=args.data_root, image_size=image_size)
     calibration = Calibration(splits.calibration, splits.name, num_images=args.calibration_images)
     rows = depth.block_scores(model, calibration.batches(), num_classes=splits.num_classes)  # type: ignore[arg-type]
     print_table(
@@ -175,7 +184,7 @@ def _search_config(args: argparse.Namespace) -> object:
     fields = {
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
-        "device", "calibration_images", "screen", "baselines",
+        "device", "calibration_images", "screen", "baselines", "image_size",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     return SearchConfig(**values)
@@ -301,6 +310,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         policy,
         base_checkpoint=args.base_checkpoint,
         data_root=args.data_root,
+        image_size=args.image_size,
         epochs=args.epochs,
         out=args.out,
         device=args.device,
