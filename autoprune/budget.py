@@ -155,7 +155,7 @@ def project_to_budget(
             removed[best] += 1
         # Only groups the policy prunes may take channels: a rate of 0 means "leave it alone".
         open_caps = [cap if r > 0 else 0 for r, cap in zip(raw, caps, strict=True)]
-        removed = _refine(mm, removed, open_caps, target)
+        removed = refine(mm, removed, open_caps, target)
         achieved = mm.ratio(removed)
         if wanted - achieved > DEFAULT_TOLERANCE:
             raise UserError(
@@ -191,7 +191,7 @@ def _already_projected(
     return achieved <= target and wanted - achieved <= DEFAULT_TOLERANCE
 
 
-def _refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) -> list[int]:
+def refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) -> list[int]:
     """Close the gap to ``target`` from below by giving one channel back, or trading one for one.
 
     One channel of a wide residual stream can carry several percent of a small model's MACs,

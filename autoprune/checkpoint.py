@@ -166,7 +166,9 @@ def replay(
         threads=threads,
     )
     # The applied policy's rates are exact; projecting again would be a no-op but costs a trace.
-    pruned = prune_policy(config, policy)
+    pruned = prune_policy(config, policy)  # refuses channels that differ from the trial's
+    if policy.removed_sha256 is not None:
+        log(f"replay: removed exactly the trial's channels ({policy.removed_sha256[:19]}...)")
     retrain_epochs = epochs if epochs is not None else pruned.policy.retrain.epochs * 10
     log(f"replay: fine-tuning the pruned model for {retrain_epochs:g} epochs")
     finetune(pruned, config, retrain_epochs, log)

@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 
 from autoprune import data, prune
 from autoprune.base import BaseCheckpoint, load_base
-from autoprune.budget import project_to_budget
+from autoprune.budget import DEFAULT_TOLERANCE, project_to_budget
 from autoprune.criteria.cache import ScoreCache
 from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringInputs
@@ -33,7 +33,7 @@ from autoprune.data import DataSplits
 from autoprune.errors import UserError
 from autoprune.files import studies_dir
 from autoprune.macs import count_macs_params
-from autoprune.policy import BaseRef, Policy
+from autoprune.policy import BaseRef, Policy, Scoring
 from autoprune.train import TrainConfig, evaluate, fit, recalibrate_batchnorm, select_device
 
 Log = Callable[[str], Any]
@@ -157,12 +157,18 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     inputs = spec.example_inputs()
     base_macs, _ = base_macs_params(base)
     policy.validate_against(spec, base_sha256=base.sha256)
-    policy = replace(policy, base=BaseRef(checkpoint=str(base.path), sha256=base.sha256))
+    policy = replace(
+        policy,
+        base=BaseRef(checkpoint=str(base.path), sha256=base.sha256),
+        scoring=scoring_settings(policy, config),
+    )
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    settings = policy.scoring
+    assert settings.max_rate is not None
     projected = project_to_budget(
-        policy, model, inputs, base_macs=base_macs, max_rate=config.max_rate
+        policy, model, inputs, base_macs=base_macs, max_rate=settings.max_rate
     )
     timings["project"] = time.perf_counter() - t0
 
@@ -171,8 +177,8 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
         calibration=Calibration(
             splits.calibration,
             dataset_name=splits.name,
-            num_images=config.calibration_images,
-            batch_size=config.calibration_batch_size,
+            num_images=settings.calibration_images or config.calibration_images,
+            batch_size=settings.calibration_batch_size or config.calibration_batch_size,
             seed=projected.seed,
         ),
         device=device,
@@ -193,10 +199,21 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     timings["score"] = result.score_seconds
     timings["prune"] = time.perf_counter() - t0 - result.score_seconds
     macs, params = count_macs_params(result.model, inputs)
+    _check_target(projected, macs / base_macs, result.history)
+    digest = result.removed_sha256
+    if policy.removed_sha256 is not None and policy.removed_sha256 != digest:
+        raise UserError(
+            f"this policy removed other channels than the trial that measured it did "
+            f"({policy.removed_sha256[:19]}... then, {digest[:19]}... now), so its measured "
+            "accuracy would not hold for this model. Base weights and scoring settings match; the "
+            "channel scores differ, so the calibration data (dataset files or split), the score "
+            f"cache under {config.cache_dir()} or the autoprune/torch version changed. Restore "
+            "them, or remove 'removed_sha256' from the policy to accept the new channels."
+        )
     return Pruned(
         model=result.model,
         history=result.history,
-        policy=result.policy,
+        policy=replace(result.policy, removed_sha256=digest),
         base=base,
         splits=splits,
         device=device,
@@ -205,6 +222,33 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
         timings=timings,
         counters=dict(result.counters),
     )
+
+
+def scoring_settings(policy: Policy, config: ObjectiveConfig) -> Scoring:
+    """The policy's recorded scoring settings, the run's settings filling in what it lacks."""
+    recorded = policy.scoring
+    return Scoring(
+        calibration_images=recorded.calibration_images or config.calibration_images,
+        calibration_batch_size=recorded.calibration_batch_size or config.calibration_batch_size,
+        max_rate=recorded.max_rate if recorded.max_rate is not None else config.max_rate,
+    )
+
+
+def _check_target(policy: Policy, achieved: float, history: list[list[Any]]) -> None:
+    """Refuse a pruned model whose MACs ratio misses its target: never fine-tune a wrong size."""
+    target = policy.target_macs_ratio
+    if target is None:
+        return
+    over = achieved - target > DEFAULT_TOLERANCE
+    # Under the target is a miss only when channels went (a target at or above what block
+    # removal leaves prunes no channel, and lands where the blocks put it).
+    under = target - achieved > DEFAULT_TOLERANCE and any(idx for *_, idx in history)
+    if over or under:
+        raise UserError(
+            f"the pruned model's MACs ratio {achieved:.4f} misses its target {target:.4f} by more "
+            f"than {DEFAULT_TOLERANCE:g}; it was not fine-tuned. This is a bug in budget "
+            "projection: please report it with the policy"
+        )
 
 
 def adaptive_bn(

@@ -81,6 +81,21 @@ class LossAware:
 
 
 @dataclass
+class Scoring:
+    """What decides which channels go besides rates and criteria; recorded so replay repeats it.
+
+    ``None`` takes the value of the run applying the policy (``--calibration-images``, the
+    search space's ``max_rate``); an applied policy, as a search stores and exports it, always
+    has all three filled in, so ``replay`` scores on the same calibration set and projects with
+    the same cap as the trial did.
+    """
+
+    calibration_images: int | None = None  # images data-driven criteria score on
+    calibration_batch_size: int | None = None
+    max_rate: float | None = None  # cap on any group's rate during budget projection
+
+
+@dataclass
 class Schedule:
     """How pruning is spread over steps."""
 
@@ -101,8 +116,12 @@ class Policy:
     loss_aware: LossAware = field(default_factory=LossAware)
     schedule: Schedule = field(default_factory=Schedule)
     retrain: Retrain = field(default_factory=Retrain)
+    scoring: Scoring = field(default_factory=Scoring)
     seed: int = 0
     measured: dict[str, float] = field(default_factory=dict)  # written by the service
+    # sha256 of the channels and blocks the trial removed (written by the service); replay
+    # refuses to hand back a model whose removed channels differ
+    removed_sha256: str | None = None
 
     # ------------------------------------------------------------------ dict / YAML
 
@@ -130,9 +149,13 @@ class Policy:
             }
         out["schedule"] = dict(vars(self.schedule))
         out["retrain"] = dict(vars(self.retrain))
+        if self.scoring != Scoring():
+            out["scoring"] = {k: v for k, v in vars(self.scoring).items() if v is not None}
         out["seed"] = self.seed
         if self.measured:
             out["measured"] = dict(self.measured)
+        if self.removed_sha256 is not None:
+            out["removed_sha256"] = self.removed_sha256
         return out
 
     def to_yaml(self) -> str:
@@ -171,8 +194,10 @@ class Policy:
             "loss_aware",
             "schedule",
             "retrain",
+            "scoring",
             "seed",
             "measured",
+            "removed_sha256",
         }
         _reject_unknown(raw, allowed, source)
         if "model" not in raw:
@@ -224,8 +249,10 @@ class Policy:
             loss_aware=_section(LossAware, raw.get("loss_aware"), f"{source}: loss_aware"),
             schedule=_section(Schedule, raw.get("schedule"), f"{source}: schedule"),
             retrain=_section(Retrain, raw.get("retrain"), f"{source}: retrain"),
+            scoring=_section(Scoring, raw.get("scoring"), f"{source}: scoring"),
             seed=_integer(raw.get("seed", 0), f"{source}: seed"),
             measured=_measured(raw.get("measured"), f"{source}: measured"),
+            removed_sha256=_digest(raw.get("removed_sha256"), f"{source}: removed_sha256"),
         )
         policy._check_sections(source)
         return policy
@@ -247,6 +274,15 @@ class Policy:
             )
         if not isinstance(la.images, int) or isinstance(la.images, bool) or la.images < 1:
             raise UserError(f"{source}: loss_aware.images = {la.images!r} must be an integer >= 1")
+        sc = self.scoring
+        for key in ("calibration_images", "calibration_batch_size"):
+            value = getattr(sc, key)
+            if value is not None and value < 1:
+                raise UserError(f"{source}: scoring.{key} = {value} must be >= 1")
+        if sc.max_rate is not None and not 0.0 < sc.max_rate < 1.0:
+            raise UserError(
+                f"{source}: scoring.max_rate = {sc.max_rate} must be in (0, 1): a group keeps a channel"
+            )
         mc = self.class_aware.min_classes
         if mc is not None and not 0 <= mc <= self.model.num_classes:
             raise UserError(
@@ -348,6 +384,27 @@ def _measured(raw: Any, where: str) -> dict[str, float]:
     return out
 
 
+# Fields whose default is None but whose value, when given, is a number.
+_OPTIONAL_NUMBERS: dict[str, type] = {
+    "min_classes": float,
+    "calibration_images": int,
+    "calibration_batch_size": int,
+    "max_rate": float,
+}
+
+
+def _digest(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    hexpart = text.removeprefix("sha256:")
+    if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise UserError(
+            f"{where} = {value!r} must be 'sha256:' and 64 hex digits (written by autoprune)"
+        )
+    return text
+
+
 def _section(cls: Any, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
@@ -369,8 +426,9 @@ def _section(cls: Any, raw: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise UserError(f"{where}.{key} must be a list")
             values[key] = [str(v) for v in value]
-        elif key == "min_classes":
-            values[key] = None if value is None else _number(value, f"{where}.{key}")
+        elif key in _OPTIONAL_NUMBERS:
+            check = _integer if _OPTIONAL_NUMBERS[key] is int else _number
+            values[key] = None if value is None else check(value, f"{where}.{key}")
         else:
             values[key] = None if value is None else str(value)
     return cls(**values)

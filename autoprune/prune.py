@@ -11,6 +11,8 @@ pruning history, which is what a checkpoint stores to rebuild the pruned archite
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from autoprune import depth
+from autoprune.budget import SAFETY_MARGIN, refine
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
 from autoprune.groups import (
@@ -30,6 +33,7 @@ from autoprune.groups import (
     removal_schedule,
     view_of,
 )
+from autoprune.macs import MacsModel, count_macs_params
 from autoprune.policy import GroupPolicy, Policy
 
 
@@ -45,6 +49,25 @@ class PruneResult:
     # e.g. calibration passes made by criteria
     counters: dict[str, int] = field(default_factory=dict)
     score_seconds: float = 0.0  # time spent scoring channels (criteria, auto selection)
+
+    @property
+    def removed_sha256(self) -> str:
+        """Digest of every channel and block removed (see :func:`removed_digest`)."""
+        return removed_digest(self.history, self.policy.depth.drop_blocks)
+
+
+def removed_digest(history: list[list[Any]], drop_blocks: list[str]) -> str:
+    """``sha256:...`` of the removed blocks and of the channels removed at every step, in order.
+
+    Two runs with equal digests removed exactly the same channels from the same groups, so a
+    replay whose digest matches its trial's rebuilt the trial's architecture and weights.
+    """
+    canonical = {
+        "blocks": list(drop_blocks),
+        "history": [[str(n), bool(o), sorted(int(i) for i in idx)] for n, o, idx in history],
+    }
+    raw = json.dumps(canonical, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def apply(
@@ -75,6 +98,14 @@ def apply(
         UserError: the policy does not fit the model (unknown group/criterion, another model).
     """
     inputs = example_inputs if example_inputs is not None else policy.model.example_inputs()
+    target = policy.target_macs_ratio
+    # With a MACs target, channels the class threshold spares are taken elsewhere (see
+    # ``_keep_budget``), which needs the base MACs the target is relative to.
+    base_macs = (
+        float(count_macs_params(model, inputs)[0])
+        if target is not None and policy.class_aware.min_classes is not None
+        else None
+    )
     if policy.depth.drop_blocks:
         depth.drop_blocks(model, policy.depth.drop_blocks, inputs)
     graph = build_graph(model, inputs)
@@ -90,6 +121,7 @@ def apply(
     applied = replace(policy, groups={k: replace(v) for k, v in policy.groups.items()})
     ctx = ScoringContext.create(model, graph, policy, scoring)
     removed: dict[str, list[int]] = {}
+    removed_total = dict.fromkeys(todo, 0)
     scoring_started = time.perf_counter()
     # Loss-aware selection picks each group's criterion once, on the base model, even for a
     # group whose first step removes nothing.
@@ -118,8 +150,7 @@ def apply(
         for crit_name, crit_views in sorted(by_criterion.items()):
             scores.update(ctx.scores(crit_name, crit_views))
         score_seconds += time.perf_counter() - scoring_started
-        # Prune in a fixed (policy) order; groups are independent so the order does not change
-        # which channels go, only the order of entries in the history.
+        counts = {name: todo[name][step] for name in views}
         for name, view in views.items():
             s = scores[name].detach().float().cpu()
             if s.shape != (view.channels,) or not torch.isfinite(s).all():
@@ -127,23 +158,47 @@ def apply(
                     f"criterion '{applied.groups[name].criterion}' returned invalid scores for group {name}: "
                     f"shape {tuple(s.shape)}, expected ({view.channels},), finite"
                 )
-            n = todo[name][step]
-            threshold = _class_threshold(applied, name)
-            if threshold is not None:
-                # Class-importance threshold: only channels important for fewer than
-                # ``min_classes`` classes go; the rate caps how many. What this step leaves
-                # is offered again after the next rescoring (and fine-tune, if any).
-                below = int((s < threshold).sum())
-                if below < n:
-                    if step + 1 < len(todo[name]):
-                        todo[name][step + 1] += n - below
-                    n = below
-                    if n == 0:
-                        continue
-            order = torch.argsort(s, stable=True)  # lowest first; ties by channel index
+            scores[name] = s
+        below = {
+            name: int((scores[name] < threshold).sum())
+            for name in views
+            if (threshold := _class_threshold(applied, name)) is not None
+        }
+        if any(below[n] < counts[n] for n in below):
+            if step + 1 < policy.schedule.iterative_steps:
+                # The class-aware paper's loop: what the threshold spares now is offered again
+                # after the next rescoring (and fine-tune, if any).
+                for name, n_below in below.items():
+                    if n_below < counts[name]:
+                        todo[name][step + 1] += counts[name] - n_below
+                        counts[name] = n_below
+            elif target is None:
+                # No budget to keep: the threshold caps the rates as written.
+                counts.update({n: min(counts[n], b) for n, b in below.items()})
+            else:
+                assert base_macs is not None
+                counts = _keep_budget(
+                    model,
+                    inputs,
+                    base_macs,
+                    target,
+                    counts,
+                    below,
+                    base_channels,
+                    ctx.counters,
+                    policy.scoring.max_rate if policy.scoring.max_rate is not None else 0.9,
+                )
+        # Prune in a fixed (policy) order; groups are independent so the order does not change
+        # which channels go, only the order of entries in the history.
+        for name in views:
+            n = counts[name]
+            if n == 0:
+                continue
+            order = torch.argsort(scores[name], stable=True)  # lowest first; ties by channel index
             idxs = sorted(int(i) for i in order[:n])
             if step == 0:
                 removed[name] = idxs
+            removed_total[name] += n
             root = groups[name][0].dep.target.module
             pruning_group = graph.get_pruning_group(root, groups[name][0].dep.handler, idxs)
             if not graph.check_pruning_group(pruning_group):
@@ -151,6 +206,11 @@ def apply(
             pruning_group.prune()
         if between_steps is not None and step < policy.schedule.iterative_steps - 1:
             between_steps(model, step)
+    if target is not None:
+        # The applied rates say what went, so an exported policy replays to the same channels.
+        for name, n in removed_total.items():
+            if channels_to_remove(applied.groups[name].rate, base_channels[name]) != n:
+                applied.groups[name].rate = round(n / base_channels[name], 6)
     return PruneResult(
         model=model,
         history=[list(h) for h in graph.pruning_history()],
@@ -159,6 +219,57 @@ def apply(
         counters=dict(ctx.counters),
         score_seconds=score_seconds,
     )
+
+
+def _keep_budget(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    base_macs: float,
+    target: float,
+    counts: dict[str, int],
+    below: dict[str, int],
+    base_channels: dict[str, int],
+    counters: dict[str, int],
+    max_rate: float,
+) -> dict[str, int]:
+    """Removal counts of the last step that honour the class threshold and keep the MACs target.
+
+    The rule: the threshold decides which channels are candidates, the budget how many go. A
+    class-aware group loses at most its channels below the threshold; the channels it is spared
+    are taken from the policy's other pruned groups (each in proportion to its planned share,
+    under the rate cap) and from class-aware groups with candidates to spare. Only when those
+    cannot reach the target does the budget win: the plan goes as projected, the lowest class
+    counts first, and ``counters['class_threshold_overridden']`` says how many channels at or
+    above the threshold went.
+    """
+    mm = MacsModel(model, inputs, base_macs)
+    names = mm.group_names
+    planned = [counts.get(n, 0) for n in names]
+    caps = []
+    for n, current in zip(names, mm.channels, strict=True):
+        if planned[names.index(n)] == 0:
+            caps.append(0)  # only groups this step prunes take channels
+        elif n in below:
+            caps.append(min(below[n], current - 1))
+        else:
+            already = base_channels[n] - current
+            caps.append(max(0, min(current - 1, int(max_rate * base_channels[n] + 1e-9) - already)))
+    removed = [min(p, c) for p, c in zip(planned, caps, strict=True)]
+    aim = target - SAFETY_MARGIN
+    while mm.ratio(removed) > aim:
+        open_groups = [i for i in range(len(names)) if removed[i] < caps[i]]
+        if not open_groups:
+            overridden = sum(max(0, counts[n] - b) for n, b in below.items())
+            counters["class_threshold_overridden"] = (
+                counters.get("class_threshold_overridden", 0) + overridden
+            )
+            return counts
+        best = min(open_groups, key=lambda i: ((removed[i] + 1) / planned[i], i))
+        removed[best] += 1
+    removed = refine(mm, removed, caps, aim)
+    spared = sum(max(0, counts[n] - b) for n, b in below.items())
+    counters["class_threshold_spared"] = counters.get("class_threshold_spared", 0) + spared
+    return {n: removed[names.index(n)] for n in counts}
 
 
 def _class_threshold(policy: Policy, group: str) -> float | None:
