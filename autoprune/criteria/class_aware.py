@@ -14,9 +14,10 @@ Reading the convolution output rather than the post-activation map matters for a
 is zero (or pruned to zero): its output is zero, so it counts for no class, whereas after
 BatchNorm its map would be the constant ``relu(beta)``, which still carries gradient.
 
-With ``class_aware.min_classes`` set in a policy, channels whose count is below it are the ones
-removed (at most the group's projected rate, see :func:`autoprune.prune.apply`), and
-``schedule.iterative_steps`` repeats prune -> fine-tune -> rescore until none falls below.
+With ``class_aware.min_classes`` set in a policy, channels whose count is below it are the
+removal candidates and the MACs target decides how many channels go: what the threshold spares
+is taken from the policy's other groups (see ``autoprune.prune._keep_budget``), and
+``schedule.iterative_steps`` repeats prune -> fine-tune -> rescore, offering spared channels again.
 """
 
 from __future__ import annotations
