@@ -37,6 +37,7 @@ class SearchConfig:
     calibration_images: int = 256  # images data-driven criteria score on
     screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
     baselines: str = "default"  # default | all | none: baseline trials enqueued first
+    max_failures: int = 0  # Ray: times Tune re-runs a trial whose worker died (-1: no limit)
 
     def validate(self) -> None:
         if not 0.0 < self.budget_flops <= 1.0:
@@ -70,6 +71,10 @@ class SearchConfig:
             )
         if self.calibration_images < 1:
             raise UserError(f"--calibration-images {self.calibration_images} must be >= 1")
+        if self.max_failures < -1:
+            raise UserError(
+                f"--max-failures {self.max_failures} must be >= 0 (or -1: retry without limit)"
+            )
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"--image-size {self.image_size} must be >= 1 (pixels a side)")
 

@@ -31,6 +31,7 @@ from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringInputs
 from autoprune.data import DataSplits
 from autoprune.errors import UserError
+from autoprune.failures import Failure, classify
 from autoprune.files import studies_dir
 from autoprune.macs import count_macs_params
 from autoprune.policy import BaseRef, Policy, Scoring
@@ -348,33 +349,41 @@ def evaluate_policy(
 
 def evaluate_bracket(
     config: ObjectiveConfig, policies: list[Policy], keep: int = 1, log: Log | None = None
-) -> list[Metrics | UserError]:
+) -> list[Metrics | Failure]:
     """Screen candidates by the adaptive-BN proxy; fine-tune and measure only the best ``keep``.
 
     One rung of successive halving: every candidate is pruned and scored by
     :func:`adaptive_bn_proxy`; the ``keep`` with the highest proxy accuracy (ties: lower
     proxy loss) get their full fine-tune. The others come back with ``finetuned=False`` and
     NaN val metrics. Candidates should share a MACs target, so the proxy compares like with like.
-    A candidate the user's settings make impossible (e.g. an unreachable target) comes back as
-    its :class:`UserError`, and the others go on.
+
+    A candidate that fails (its settings make it impossible, a bug, out of memory) comes back
+    as its :class:`~autoprune.failures.Failure` and the others go on. A fine-tune that diverges
+    is that candidate's own (its learning rate), so the next best takes its place; any other
+    fine-tune failure would most likely repeat, so no other candidate is fine-tuned after it.
     """
     screened: dict[int, tuple[Pruned, Proxy]] = {}
-    results: list[Metrics | UserError | None] = [None] * len(policies)
+    results: list[Metrics | Failure | None] = [None] * len(policies)
     for i, policy in enumerate(policies):
         try:
             pruned = prune_policy(config, policy)
-        except UserError as exc:
-            results[i] = exc
-            continue
-        screened[i] = (pruned, adaptive_bn_proxy(pruned, config))
+            screened[i] = (pruned, adaptive_bn_proxy(pruned, config))
+        except Exception as exc:  # recorded as this candidate's failure
+            results[i] = classify(exc, "pruning")
     ranked = sorted(screened, key=lambda i: (-screened[i][1].accuracy, screened[i][1].loss, i))
-    chosen = set(ranked[: max(1, keep)])
-    for i, (pruned, proxy) in screened.items():
-        if i in chosen:
-            results[i] = _finish(pruned, config, proxy, log)
-        else:
-            pruned.timings["total"] = sum(pruned.timings.values())
-            results[i] = _metrics(pruned, proxy, None)
+    to_finetune, stopped = max(1, keep), False
+    for i in ranked:
+        pruned, proxy = screened[i]
+        if to_finetune and not stopped:
+            try:
+                results[i] = _finish(pruned, config, proxy, log)
+                to_finetune -= 1
+            except Exception as exc:  # recorded as this candidate's failure
+                failure = classify(exc, "fine-tune")
+                results[i], stopped = failure, failure.kind != "nan"
+            continue
+        pruned.timings["total"] = sum(pruned.timings.values())
+        results[i] = _metrics(pruned, proxy, None)
     return [r for r in results if r is not None]
 
 

@@ -120,6 +120,9 @@ def search(
         f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
     )
     log(f"study '{name}' in {url}: {done} complete, running {max(missing, 0)} more{screening}")
+    # A failed trial is replaced until the study is full; a baselines-only run asks no more
+    # than the baselines it enqueued (a replacement would be a searched trial).
+    refill = not baselines_only
     if missing > 0:
         with (
             Progress(config.trials, done, config.budget_flops, quiet=quiet) as progress,
@@ -128,11 +131,11 @@ def search(
             if config.executor == "local":
                 from autoprune.executors.local import run_local
 
-                run_local(study, space, ctx, objective, config, missing, progress)
+                run_local(study, space, ctx, objective, config, missing, progress, refill)
             else:
                 from autoprune.executors.ray_tune import run_ray
 
-                run_ray(study, space, ctx, objective, config, missing, progress)
+                run_ray(study, space, ctx, objective, config, missing, progress, refill)
     export_dir = None
     if export:
         export_dir = Path("policies") / name

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config import SearchConfig
 from autoprune.data import canonical_name
 from autoprune.errors import UserError
+from autoprune.failures import Failure, non_finite
 from autoprune.files import studies_dir
 from autoprune.policy import Policy
 from autoprune.storage import ReconnectingStorage
@@ -227,9 +228,9 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
         if alive:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(
-            trial_id, "error", "driver died while the trial ran; re-enqueued"
-        )
+        died = Failure("driver_died", "driver died while the trial ran; re-enqueued")
+        for key, value in died.attrs().items():
+            storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.params:
             attrs: dict[str, Any] = {
@@ -267,24 +268,25 @@ def finish_trial(
     trial: optuna.Trial,
     result: dict[str, Any] | None,
     budget: float,
-    error: str | None = None,
+    error: Failure | None = None,
 ) -> TrialState:
     """Record one trial's outcome: constraint + user attrs + tell. Never leaves it RUNNING.
 
     A result with ``finetuned: False`` was screened out by the proxy: it is told PRUNED with
-    its proxy and MACs stored. Missing or non-finite metrics and errors become FAIL with the
-    reason in user attr ``error``.
+    its proxy and MACs stored. Missing or non-finite metrics and failures (``error``, or one
+    the worker reported) become FAIL with the reason in user attrs ``error`` and
+    ``error_kind`` (see :mod:`autoprune.failures`).
     """
     values = None
     if result and error is None and "error" in result:
-        error = str(result["error"])  # a user-caused problem the worker reported
+        error = Failure.from_report(result)  # the worker caught it around this candidate
     screened_out = result is not None and result.get("finetuned") is False and error is None
     if result and error is None and not screened_out:
         raw = [result.get(m) for m in METRIC_NAMES]
         if all(isinstance(v, (int, float)) and math.isfinite(float(v)) for v in raw):
             values = [float(v) for v in raw]  # type: ignore[arg-type]
         else:
-            error = f"missing or non-finite metrics: {dict(zip(METRIC_NAMES, raw, strict=True))}"
+            error = non_finite(dict(zip(METRIC_NAMES, raw, strict=True)))
     if result:
         for key in RECORDED:
             if key in result and result[key] is not None:
@@ -296,7 +298,9 @@ def finish_trial(
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
     if values is None:
-        trial.set_user_attr("error", error or "the trial reported no result")
+        failure = error or Failure("exception", "the trial reported no result")
+        for key, value in failure.attrs().items():
+            trial.set_user_attr(key, value)
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     trial.set_constraint(CONSTRAINT, values[1] - budget)
@@ -317,7 +321,7 @@ def finish_bracket(
     results: list[dict[str, Any] | None],
     budget: float,
     wall: float,
-    error: str | None = None,
+    error: Failure | None = None,
 ) -> list[TrialState]:
     """Record a bracket: every candidate's outcome, and its cost on the fine-tuned trial.
 

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("default", "all", "none"),
         help="baseline trials run first (default: uniform l1 + data-driven criteria, global, sensitivity)",
     )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        help="Ray: re-run a trial whose worker process died up to N times (default 0; -1: no limit)",
+    )
     p.add_argument("--data-root")
     _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="new total of fine-tuned trials")
     p.add_argument("--executor")
     p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--max-failures", type=int, help="override the stored --max-failures")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("studies", help="list studies with trial counts")

@@ -119,6 +119,40 @@ def print_study(study_obj: Any, name: str) -> None:
         print(
             f"adaptive-BN proxy vs fine-tuned val accuracy at the budget: Spearman {rho[0]:.3f} over {rho[1]} trials"
         )
+    print_failures(study_obj)
+
+
+FAILURES_SHOWN = 10  # the latest failed trials ``show`` lists; older ones are counted
+
+
+def print_failures(study_obj: Any) -> None:
+    """The study's failed trials, latest last: number, kind and the reason's first line."""
+    from optuna.trial import TrialState
+
+    failed = study_obj.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
+        return
+    shown = failed[-FAILURES_SHOWN:]
+    title = f"failed trials ({len(failed)})"
+    if len(failed) > len(shown):
+        title += f", the latest {len(shown)}"
+    print_table(
+        ["trial", "kind", "reason"],
+        [
+            (
+                t.number,
+                t.user_attrs.get("error_kind", "-"),
+                _first_line(str(t.user_attrs.get("error", "no reason stored")), 200),
+            )
+            for t in shown
+        ],
+        title=title,
+    )
+
+
+def _first_line(text: str, chars: int) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= chars else line[: chars - 3] + "..."
 
 
 def _proxy_text(trial: Any) -> str:

@@ -184,7 +184,7 @@ def _search_config(args: argparse.Namespace) -> object:
     fields = {
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
-        "device", "calibration_images", "screen", "baselines", "image_size",
+        "device", "calibration_images", "screen", "baselines", "image_size", "max_failures",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     return SearchConfig(**values)
@@ -216,7 +216,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = studies.load_config(storage, args.name)
     overrides = {
         k: getattr(args, k)
-        for k in ("trials", "executor", "max_concurrent")
+        for k in ("trials", "executor", "max_concurrent", "max_failures")
         if getattr(args, k) is not None
     }
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)

@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
+from autoprune.errors import UserError
+from autoprune.failures import Failure
 from autoprune.progress import Progress
 from autoprune.space import SearchSpace, SpaceContext
 
@@ -94,7 +96,7 @@ def record(
     result: dict[str, Any] | None,
     config: SearchConfig,
     started: float,
-    error: str | None = None,
+    error: Failure | None = None,
     progress: Progress | None = None,
 ) -> list[TrialState]:
     """Record a bracket's report (one candidate report per trial) with its driver wall time,
@@ -103,8 +105,9 @@ def record(
     if not candidates or len(candidates) != len(trials) or error is not None:
         reports: list[dict[str, Any] | None] = [result] + [None] * (len(trials) - 1)
         if error is None and result and "error" not in result and len(trials) > 1:
-            error = (
-                f"the worker reported {len(candidates or [])} candidates for {len(trials)} trials"
+            error = Failure(
+                "exception",
+                f"the worker reported {len(candidates or [])} candidates for {len(trials)} trials",
             )
     else:
         reports = list(candidates)
@@ -116,3 +119,43 @@ def record(
         for state, report in zip(states, reports, strict=True):
             progress.update(done, report, state.name)
     return states
+
+
+class FailureStreak:
+    """Stops a search whose brackets keep failing, instead of asking for trials forever.
+
+    Both executors run until the study holds ``--trials`` COMPLETE trials, so a failed bracket
+    is replaced by a new one. A cause that fails every trial (a broken criterion, a dataset the
+    model cannot read, a GPU too small) would then loop without end: after :data:`LIMIT`
+    brackets in a row without a COMPLETE trial the search stops with the last reason.
+    """
+
+    LIMIT = 5
+
+    def __init__(self, study_name: str) -> None:
+        self.study_name = study_name
+        self.count = 0
+        self.last: str | None = None  # the latest failed trial's "number (kind): reason"
+
+    def update(self, trials: list[Any], states: list[TrialState]) -> None:
+        """Count a recorded bracket: a COMPLETE trial ends the streak, a FAIL one extends it."""
+        if TrialState.COMPLETE in states:
+            self.count = 0
+            return
+        for trial, state in zip(trials, states, strict=True):
+            if state is TrialState.FAIL:
+                kind, reason = trial.user_attrs.get("error_kind"), trial.user_attrs.get("error")
+                self.last = f"trial {trial.number} ({kind}): {reason}"
+        self.count += 1
+
+    @property
+    def stalled(self) -> bool:
+        return self.count >= self.LIMIT
+
+    def error(self) -> UserError:
+        """What the search raises once :attr:`stalled`."""
+        return UserError(
+            f"search stopped: {self.count} brackets in a row ended without a complete trial; "
+            f"the last failure was {self.last}. See every reason with `autoprune show "
+            f"{self.study_name}`, fix the cause, then `autoprune resume {self.study_name}`"
+        )

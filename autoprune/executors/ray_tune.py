@@ -4,6 +4,13 @@ An ``OptunaSearch`` subclass (:func:`policy_searcher`) turns each sampled set of
 bracket of policies on the driver, hands workers only those policies, and records every result
 the autoprune way (constraint, applied policy, timings; errors and NaN become FAIL) before
 ``tell``. The Optuna study in SQL is the search's record: Tune's own snapshots are not used.
+
+Faults: a worker catches every failure of a candidate itself and reports it
+(:func:`~autoprune.executors.results.evaluate_bracket_for_trial`), so a Tune trial errors only
+when its worker process died (killed, the OOM killer, a lost node). Tune then restarts it up to
+``--max-failures`` times with the same config, that is the same bracket of already-asked Optuna
+trials; the searcher hears of the Tune trial only when it ends for good, and records its Optuna
+trials once: COMPLETE from the retry that reported, or FAIL ``worker_died`` with Ray's reason.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ import os
 import time
 from typing import Any
 
+from optuna.trial import TrialState
+
 from autoprune import study as studies
 from autoprune.config import SearchConfig
-from autoprune.executors.brackets import BracketSource, record
+from autoprune.executors.brackets import BracketSource, FailureStreak, record
 from autoprune.executors.results import decode, evaluate_bracket_for_trial
+from autoprune.failures import Failure, classify
 from autoprune.files import studies_dir
 from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
@@ -39,8 +49,16 @@ def run_ray(
     config: SearchConfig,
     missing: int,
     progress: Progress,
+    refill: bool = True,
 ) -> None:
-    """Run up to ``missing`` trials through Ray Tune (starting Ray here unless it already runs)."""
+    """Run brackets through Ray Tune until the study holds ``config.trials`` COMPLETE trials.
+
+    Starts Ray here unless it already runs. ``missing`` brackets are planned; with ``refill``
+    each one that ends without a COMPLETE trial is replaced (see :func:`run_local`).
+
+    Raises:
+        UserError: too many brackets in a row failed (see :class:`FailureStreak`).
+    """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # With verbose=0 and the old output engine, Tune prints no tables: our progress line only.
@@ -65,25 +83,30 @@ def run_ray(
                 configure_logging=True,
             )
     try:
-        searcher = ConcurrencyLimiter(
-            policy_searcher(study, space, ctx, config, progress),
-            max_concurrent=config.max_concurrent,
-        )
+        streak = FailureStreak(study.study_name)
+        policies = policy_searcher(study, space, ctx, config, progress, missing, refill, streak)
+        searcher = ConcurrencyLimiter(policies, max_concurrent=config.max_concurrent)
         resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(trainable, objective=objective), resources),
             tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=missing, reuse_actors=True
+                # Unbounded: the searcher decides when the study is full (Searcher.FINISHED).
+                search_alg=searcher,
+                num_samples=-1,
+                reuse_actors=True,
             ),
             run_config=RunConfig(
                 name=study.study_name,
                 storage_path=str((studies_dir() / "ray").resolve()),
                 verbose=0,
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=FailureConfig(max_failures=config.max_failures),
+                callbacks=[policies.tracker()],
                 log_to_file=True,
             ),
         )
         tuner.fit()
+        if streak.stalled:
+            raise streak.error()
     finally:
         if started_here:
             ray.shutdown()
@@ -95,8 +118,17 @@ def policy_searcher(
     ctx: SpaceContext,
     config: SearchConfig,
     progress: Progress | None,
+    missing: int | None = None,
+    refill: bool = True,
+    streak: FailureStreak | None = None,
 ) -> Any:
-    """A Ray Tune searcher over ``space`` that records results in ``study`` (see module doc)."""
+    """A Ray Tune searcher over ``space`` that records results in ``study`` (see module doc).
+
+    It plans ``missing`` brackets (default: the COMPLETE trials the study lacks), one more for
+    each that ends without a COMPLETE trial when ``refill``, and answers ``FINISHED`` once the
+    study is full, the plan is done, or ``streak`` says the search stalled.
+    """
+    from ray import tune
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
@@ -116,13 +148,35 @@ def policy_searcher(
             self._progress = progress
             self._extras: dict[str, list[Any]] = {}  # Tune trial id -> the bracket's other trials
             self._started: dict[str, float] = {}  # Tune trial id -> driver time it was asked
+            self._planned = (
+                missing if missing is not None else config.trials - studies.complete_count(study)
+            )  # brackets still to ask for
+            self._streak = streak or FailureStreak(study.study_name)
+            self._tune_trials: dict[str, Any] = {}  # Tune trial id -> Tune's Trial (for errors)
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles the searcher for experiment restore; the Optuna DB is our record, so
             # the live progress display (terminal locks) is simply left out of that snapshot.
             state = dict(self.__dict__)
             state.pop("_progress", None)
+            state["_tune_trials"] = {}  # live Tune objects: only needed while the run lasts
             return state
+
+        def tracker(self) -> Any:
+            """A Tune callback that lets this searcher read why a Tune trial errored.
+
+            ``on_trial_complete(error=True)`` carries no reason; Tune's ``Trial`` object does
+            (its error file is written before the searcher is told).
+            """
+            searcher = self
+
+            class TrialTracker(tune.Callback):
+                def on_trial_start(
+                    self, iteration: int, trials: list[Any], trial: Any, **info: Any
+                ) -> None:
+                    searcher._tune_trials[trial.trial_id] = trial
+
+            return TrialTracker()
 
         def save(self, checkpoint_path: str) -> None:
             """No Tune-side snapshot: the Optuna study in SQL is the search's record and resume point."""
@@ -133,8 +187,10 @@ def policy_searcher(
         # Ray documents Searcher.FINISHED (a str) as a valid answer but types suggest as dict | None.
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             assert self._ot_study is not None
-            if studies.complete_count(self._ot_study) >= config.trials:
-                return Searcher.FINISHED  # other drivers of a shared study finished the rest
+            if studies.complete_count(self._ot_study) >= config.trials or self._streak.stalled:
+                return Searcher.FINISHED  # full (maybe by other drivers of a shared study)
+            if self._planned <= 0:  # a bracket in flight may still fail and need a successor
+                return None if self._started else Searcher.FINISHED
             started = time.perf_counter()
             source.study = self._ot_study
             if super().suggest(trial_id) is None:  # samples the first trial with ``source``
@@ -144,13 +200,12 @@ def policy_searcher(
                 trials += source.extras()
                 policies = source.policies(trials)
             except Exception as exc:  # a bug: no asked trial may stay RUNNING behind it
-                record(
-                    self._ot_study, trials, None, config, started, f"{type(exc).__name__}: {exc}"
-                )
+                record(self._ot_study, trials, None, config, started, classify(exc, "sampling"))
                 self._recorded.add(trial_id)
                 raise
             self._extras[trial_id] = trials[1:]
             self._started[trial_id] = started
+            self._planned -= 1
             return {"policies": policies, "trial_number": trials[0].number}
 
         def on_trial_complete(
@@ -158,24 +213,49 @@ def policy_searcher(
         ) -> None:
             if trial_id in self._recorded or trial_id not in self._ot_trials:
                 return
-            decoded = decode(result)
-            reason = (
-                "the trial raised an exception in its worker (see the Ray logs under studies/ray)"
-                if error
-                else None
-            )
+            # A Tune trial errors only when its worker could not report (see module doc).
+            decoded = None if error else decode(result)
+            failure = self._worker_failure(trial_id) if error else None
             assert self._ot_study is not None
             trials = [self._ot_trials[trial_id], *self._extras.pop(trial_id, [])]
-            record(
+            states = record(
                 self._ot_study,
                 trials,
                 decoded,
                 config,
                 self._started.pop(trial_id, time.perf_counter()),
-                reason,
+                failure,
                 self._progress,
             )
             self._recorded.add(trial_id)
+            self._tune_trials.pop(trial_id, None)
+            self._streak.update(trials, states)
+            if refill and TrialState.COMPLETE not in states:
+                self._planned += 1
+
+        def _worker_failure(self, trial_id: str) -> Failure:
+            """Why Tune gave up on a trial, from the error Tune stored for it."""
+            from ray.exceptions import RayActorError, RayTaskError
+
+            trial = self._tune_trials.get(trial_id)
+            exc = _stored_error(trial)
+            attempts = trial.run_metadata.num_failures if trial is not None else 1
+            retried = (
+                f"; Tune ran it {attempts} times (--max-failures {config.max_failures})"
+                if attempts > 1
+                else ""
+            )
+            if isinstance(exc, RayTaskError) and not isinstance(
+                exc.as_instanceof_cause(), RayActorError
+            ):
+                cause = classify(exc.as_instanceof_cause(), "the worker's trial")
+                return Failure(cause.kind, cause.message + retried, cause.traceback)
+            detail = _one_line(exc) if exc is not None else "no reason recorded by Ray"
+            return Failure(
+                "worker_died",
+                f"worker died ({detail}){retried}: killed, out of host memory or its node lost "
+                "(Ray's logs: studies/ray)",
+            )
 
     source = BracketSource(study, space, ctx, config)
     return PolicySearch(
@@ -188,3 +268,29 @@ def policy_searcher(
         study_name=study.study_name,
         storage=studies.storage_of(study),
     )
+
+
+def _stored_error(trial: Any) -> BaseException | None:
+    """The exception Tune saved for an errored trial (None when it saved none)."""
+    import ray.cloudpickle as cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            exc = cloudpickle.load(f)
+    except Exception:  # an unreadable record: the failure is still recorded, without detail
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: Ray's exit detail`` for a dead worker, else ``Type: first line``."""
+    text = str(exc).strip()
+    marker = "Worker exit detail:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().split(". ")[0].strip().rstrip(".")
+    else:
+        detail = (text.splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {detail}"

@@ -1,9 +1,10 @@
 """A trial's report: what a worker sends back to the driver, and how the driver reads it.
 
 Ray Tune carries results as flat dicts of numbers and strings, so the applied policy, the
-timings and the counters travel as JSON strings and are decoded on the driver. A problem the
-user caused (e.g. an unreachable target) is reported as ``{"error": message}``, so the trial
-ends FAIL with that reason while the search goes on.
+timings and the counters travel as JSON strings and are decoded on the driver. A candidate
+that failed (a user-caused problem, a bug, a diverged fine-tune, out of memory) is reported as
+its :meth:`~autoprune.failures.Failure.report` (``error``, ``error_kind``, maybe
+``traceback``), so the trial ends FAIL with that reason while the search goes on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autoprune.errors import UserError
+from autoprune.failures import Failure, classify
 from autoprune.objective import Metrics, ObjectiveConfig, evaluate_bracket
 from autoprune.policy import Policy
 
@@ -48,25 +49,24 @@ def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _error(exc: UserError) -> dict[str, Any]:
-    # NaN metrics, not none: Ray Tune rejects a report without its searcher's metrics, and the
-    # driver records NaN (or the error) as FAIL with this message.
-    return {"error": str(exc), "val_accuracy": float("nan"), "macs_ratio": float("nan")}
-
-
 def evaluate_bracket_for_trial(
     objective: ObjectiveConfig, policy_dicts: list[dict[str, Any]], keep: int = 1
 ) -> dict[str, Any]:
     """Screen a bracket of candidates and fine-tune the best ``keep`` (see ``evaluate_bracket``).
 
     Reports the fine-tuned candidate's metrics at the top level (what Tune sees) and every
-    candidate's report, in order, under ``candidates_json``. A candidate the user's settings
-    make impossible (e.g. an unreachable target) is reported as ``{"error": message}``.
+    candidate's report, in order, under ``candidates_json``. Never raises for a failure of the
+    evaluation: a failed candidate is reported as its failure, and a failure outside any one
+    candidate (e.g. a policy that does not parse) as every candidate's, so the worker lives on
+    and the driver records each trial once.
     """
-    reports: list[dict[str, Any]] = []
-    outcomes = evaluate_bracket(objective, [Policy.from_dict(p) for p in policy_dicts], keep)
-    for outcome in outcomes:
-        reports.append(_error(outcome) if isinstance(outcome, UserError) else encode(outcome))
+    outcomes: list[Metrics | Failure]
+    try:
+        policies = [Policy.from_dict(p) for p in policy_dicts]
+        outcomes = list(evaluate_bracket(objective, policies, keep))
+    except Exception as exc:  # recorded as every candidate's failure
+        outcomes = [classify(exc, "evaluation")] * len(policy_dicts)
+    reports = [o.report() if isinstance(o, Failure) else encode(o) for o in outcomes]
     top = next((r for r in reports if r.get("finetuned")), reports[0])
     # ``top`` carries the metrics Tune requires (NaN when every candidate failed).
     return {**top, "candidates_json": json.dumps(reports)}
