@@ -1,15 +1,41 @@
-"""Search progress on the terminal: finished/total trials, best feasible accuracy, elapsed, ETA."""
+"""Search progress on stderr: finished/total trials, best feasible accuracy, elapsed, ETA.
+
+On a terminal it is a live rich bar. Anywhere else (a log file, a pipe, ``TERM=dumb``) a bar
+is drawn once at the end at best, so every finished trial gets one plain line instead, with
+no escape codes::
+
+    trial 4 COMPLETE val acc 0.9712 MACs 0.498 | 3/20 complete, elapsed 41s, ETA 3m52s
+    trial 5 PRUNED(screened) val acc - MACs 0.501 proxy acc 0.9012 | 3/20 complete, ...
+    trial 6 FAIL val acc - MACs - | 3/20 complete, ... | ValueError: ...
+
+``NO_COLOR`` keeps the bar, uncoloured (rich reads it); ``quiet`` shows neither.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
+
+REASON_CHARS = 160  # a FAIL line keeps the first line of its reason, cut to this length
 
 
 class Progress:
-    """A live line on stderr, updated as each trial finishes (``quiet`` hides it)."""
+    """Counts finished trials on ``stream`` (default stderr): a live bar or one line per trial.
 
-    def __init__(self, total: int, done: int, budget: float, quiet: bool = False) -> None:
+    Use it as a context manager around the executor; the executor calls :meth:`update` once
+    per recorded trial.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        budget: float,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+    ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
@@ -19,7 +45,11 @@ class Progress:
         self.best: float | None = None
         self.failed = 0
         self.screened = 0  # candidates the proxy screened out (not fine-tuned)
-        self.console = Console(stderr=True)
+        self.stream = stream if stream is not None else sys.stderr
+        self.console = Console(file=self.stream)
+        live = self.console.is_terminal and not self.console.is_dumb_terminal
+        self.quiet = quiet
+        self.lines = not quiet and not live  # one plain line per trial instead of the bar
         self.bar = RichProgress(
             TextColumn("[bold]search"),
             BarColumn(),
@@ -28,20 +58,37 @@ class Progress:
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=self.console,
-            disable=quiet,
+            disable=quiet or self.lines,
             transient=False,
         )
         self.task = self.bar.add_task("search", total=total, completed=done, status="", eta="?")
 
     def __enter__(self) -> Progress:
+        if self.lines:
+            sys.stdout.flush()  # the search's log lines (stdout) come before the first trial's
         self.bar.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.stop()
 
-    def update(self, done: int, result: dict[str, Any] | None, state: str) -> None:
-        """Count a finished trial (COMPLETE, PRUNED by screening, or FAIL); ``done``: COMPLETE total."""
+    def update(
+        self,
+        done: int,
+        result: dict[str, Any] | None,
+        state: str,
+        number: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Count a finished trial.
+
+        Args:
+            done: the study's COMPLETE trials now (other drivers' included).
+            result: the trial's report (``val_accuracy``, ``macs_ratio``, ...), or None.
+            state: COMPLETE, PRUNED (screened out by the proxy) or FAIL.
+            number: the trial's number in the study (shown in plain lines).
+            reason: why a FAIL failed (shown in plain lines).
+        """
         if state == "FAIL":
             self.failed += 1
         elif state == "PRUNED":
@@ -53,10 +100,17 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         remaining = self.total - done
         eta = (
-            f"{elapsed / new * remaining:.0f}s"
+            duration(elapsed / new * remaining)
             if new > 0 and remaining > 0
             else ("0s" if remaining <= 0 else "?")
         )
+        if self.lines:
+            line = trial_line(number, state, result, reason)
+            counts = f"{done}/{self.total} complete, elapsed {duration(elapsed)}, ETA {eta}"
+            sys.stdout.flush()
+            self.stream.write(f"{line} | {counts}{f' | {reason_text(reason)}' if reason else ''}\n")
+            self.stream.flush()
+            return
         best = f"{self.best:.4f}" if self.best is not None else "-"
         status = (
             f"best feasible val acc {best}"
@@ -64,3 +118,39 @@ class Progress:
             + (f"  failed {self.failed}" if self.failed else "")
         )
         self.bar.update(self.task, completed=done, status=status, eta=eta)
+
+
+def trial_line(
+    number: int | None, state: str, result: dict[str, Any] | None, reason: str | None = None
+) -> str:
+    """``trial N STATE val acc X MACs Y`` (``-`` for what the trial did not measure)."""
+    result = result or {}
+    label = "PRUNED(screened)" if state == "PRUNED" else state
+    parts = [f"trial {number if number is not None else '?'} {label}"]
+    parts.append(f"val acc {_number(result.get('val_accuracy'), 4)}")
+    parts.append(f"MACs {_number(result.get('macs_ratio'), 3)}")
+    if state == "PRUNED":
+        parts.append(f"proxy acc {_number(result.get('proxy_accuracy'), 4)}")
+    return " ".join(parts)
+
+
+def reason_text(reason: str) -> str:
+    """A FAIL reason on one line: its first line, cut to :data:`REASON_CHARS`."""
+    first = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+    return first if len(first) <= REASON_CHARS else first[: REASON_CHARS - 3] + "..."
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    s = max(round(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _number(value: Any, digits: int) -> str:
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return f"{float(value):.{digits}f}"
+    return "-"

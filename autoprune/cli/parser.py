@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+QUIET_HELP = "no progress: neither the bar (on a terminal) nor one line per trial (otherwise)"
+
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the dataset (cifar10/cifar100)")
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root")
     _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser(
         "baselines", help="add the baseline trials an existing study lacks, and run them"
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("default", "all"), default="default")
     p.add_argument("--storage")
     p.add_argument("--executor")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser("resume", help="continue a study with the config stored in it")
     p.add_argument("name")
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--max-failures", type=int, help="override the stored --max-failures")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser("studies", help="list studies with trial counts")
     p.add_argument("--storage")

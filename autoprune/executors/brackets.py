@@ -116,8 +116,9 @@ def record(
     )
     if progress is not None:
         done = studies.complete_count(study)
-        for state, report in zip(states, reports, strict=True):
-            progress.update(done, report, state.name)
+        for trial, state, report in zip(trials, states, reports, strict=True):
+            reason = trial.user_attrs.get("error") if state is TrialState.FAIL else None
+            progress.update(done, report, state.name, trial.number, reason)
     return states
 
 
