@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
@@ -234,23 +236,21 @@ def policy_searcher(
                 self._planned += 1
 
         def _worker_failure(self, trial_id: str) -> Failure:
-            """Why Tune gave up on a trial, from the error Tune stored for it."""
-            from ray.exceptions import RayActorError, RayTaskError
-
+            """Why Tune gave up on a trial, from the error text Tune stored for it."""
             trial = self._tune_trials.get(trial_id)
-            exc = _stored_error(trial)
+            text = _stored_error_text(trial)
             attempts = trial.run_metadata.num_failures if trial is not None else 1
             retried = (
                 f"; Tune ran it {attempts} times (--max-failures {config.max_failures})"
                 if attempts > 1
                 else ""
             )
-            if isinstance(exc, RayTaskError) and not isinstance(
-                exc.as_instanceof_cause(), RayActorError
-            ):
-                cause = classify(exc.as_instanceof_cause(), "the worker's trial")
-                return Failure(cause.kind, cause.message + retried, cause.traceback)
-            detail = _one_line(exc) if exc is not None else "no reason recorded by Ray"
+            if text is not None and not _actor_died(text):
+                # The trainable itself raised outside our per-candidate handling.
+                return Failure(
+                    "exception", f"the worker's trial raised {_last_line(text)}{retried}"
+                )
+            detail = _exit_detail(text) if text is not None else "no reason recorded by Ray"
             return Failure(
                 "worker_died",
                 f"worker died ({detail}){retried}: killed, out of host memory or its node lost "
@@ -270,27 +270,41 @@ def policy_searcher(
     )
 
 
-def _stored_error(trial: Any) -> BaseException | None:
-    """The exception Tune saved for an errored trial (None when it saved none)."""
-    import ray.cloudpickle as cloudpickle
+def _stored_error_text(trial: Any) -> str | None:
+    """The text of the last failure Tune wrote for an errored trial (None when it wrote none).
 
-    path = getattr(trial, "pickled_error_file", None)
+    Tune also pickles the exception beside it; that file is never loaded: unpickling runs code,
+    and the text says all a user needs.
+    """
+    path = getattr(trial, "error_file", None)
     if not path or not os.path.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            exc = cloudpickle.load(f)
-    except Exception:  # an unreadable record: the failure is still recorded, without detail
+        text = Path(path).read_text(errors="replace")
+    except OSError:  # an unreadable record: the failure is still recorded, without detail
         return None
-    return exc if isinstance(exc, BaseException) else None
+    # Tune appends "Failure # N (occurred at ...)" and the error's text for every failure.
+    last = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.M)[-1].strip()
+    return last or None
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: Ray's exit detail`` for a dead worker, else ``Type: first line``."""
-    text = str(exc).strip()
+def _actor_died(text: str) -> bool:
+    """Whether Tune's error text says the worker process died (not that its code raised)."""
+    return any(
+        marker in text
+        for marker in ("ActorDiedError", "RayActorError", "actor died", "Worker exit detail")
+    )
+
+
+def _exit_detail(text: str) -> str:
+    """Ray's exit detail of a dead worker, else the error's first line."""
     marker = "Worker exit detail:"
     if marker in text:
-        detail = text.split(marker, 1)[1].strip().split(". ")[0].strip().rstrip(".")
-    else:
-        detail = (text.splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {detail}"
+        return text.split(marker, 1)[1].strip().split(". ")[0].strip().rstrip(".")
+    return (text.splitlines() or [""])[0][:200]
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a traceback: ``Type: message``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "an unknown error")[:300]
