@@ -22,7 +22,7 @@ class SearchConfig:
     data_root: str | None = None  # dataset folder (cifar10/cifar100)
     image_size: int | None = None  # imagefolder: side images are resized to; None: the base's size
     base_checkpoint: str | None = None  # None: the cached embedded default (trained on first use)
-    space: str = "default"  # search space name under search_spaces/ or a YAML path
+    space: str = "default"  # a bundled search space's name (`autoprune spaces`) or a YAML path
     trials: int = 20  # the study's total of COMPLETE (fine-tuned) trials, baselines included
     sampler: str = "tpe"  # tpe | nsga2 | gp | random
     seed: int = 0  # sampler seed (and policy seed)

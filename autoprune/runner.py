@@ -18,6 +18,7 @@ from autoprune import study as studies
 from autoprune.baselines import enqueue_baselines
 from autoprune.config import SearchConfig
 from autoprune.data import canonical_name
+from autoprune.errors import UserError
 from autoprune.export import export_front
 from autoprune.progress import Progress
 from autoprune.sampler import make_sampler
@@ -34,7 +35,7 @@ class SearchOutcome:
     study_name: str
     storage: str  # SQLAlchemy URL of the study's database
     complete: int  # the study's COMPLETE trials after this run
-    export_dir: Path | None  # policies/<study>/, or None when export was off
+    export_dir: Path | None  # <policies_dir>/<study>/, or None when export was off
 
     def front(self) -> list[studies.FrontPoint]:
         """The study's feasible Pareto front, by ascending MACs ratio."""
@@ -54,6 +55,7 @@ def search(
     quiet: bool = False,
     export: bool = True,
     baselines_only: str | None = None,
+    policies_dir: str | Path = "policies",
 ) -> SearchOutcome:
     """Run (or continue) a search until the study has ``config.trials`` COMPLETE trials.
 
@@ -63,12 +65,18 @@ def search(
         config: the search; stored on the study so ``autoprune resume NAME`` needs nothing else.
         log: called with one line per event (base training, trials to run).
         quiet: no progress line.
-        export: write the feasible front to ``policies/<study>/`` at the end.
+        export: write the feasible front to ``<policies_dir>/<study>/`` at the end.
         baselines_only: run only the baselines of this set (default | all) that the study has
             not run yet, however many trials it holds (``autoprune baselines NAME``); the
             stored config keeps its own ``baselines``.
+        policies_dir: the folder the front's folder is made in (default ``policies`` under
+            the current directory); not stored on the study, so ``resume`` takes it again.
     """
     config.validate()
+    if export and Path(policies_dir).exists() and not Path(policies_dir).is_dir():
+        raise UserError(
+            f"--policies-dir {policies_dir} is a file: give a folder to write the front's policies in"
+        )
     config = replace(config, dataset=canonical_name(config.dataset))
     space = SearchSpace.load(config.space)
     space.check_budget(config.budget_flops)
@@ -138,6 +146,6 @@ def search(
                 run_ray(study, space, ctx, objective, config, missing, progress, refill)
     export_dir = None
     if export:
-        export_dir = Path("policies") / name
+        export_dir = Path(policies_dir) / name
         export_front(study, export_dir)
     return SearchOutcome(name, url, studies.complete_count(study), export_dir)

@@ -1,8 +1,10 @@
 """Search spaces: which policy fields vary and how; define-by-run sampling; params -> Policy.
 
-A space is a YAML file under ``search_spaces/`` (or any path)::
+A space is a YAML file: a bundled one by name (package data under ``autoprune/search_spaces/``,
+listed by ``autoprune spaces``) or any path::
 
     schema: autoprune.space/1
+    description: what the space is for            # one line, shown by `autoprune spaces`
     granularity: stage              # group | stage | global: one rate (or multiplier) per unit
     allocation:                     # rates = a prior allocation x 2**multiplier per unit
       priors: [sensitivity, uniform, global]
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,14 @@ DEFAULT_EXPLORE = 0.25
 
 
 def spaces_dir() -> Path:
-    """The bundled search spaces: ``search_spaces/`` next to the package (a source checkout)."""
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    """The bundled search spaces: package data ``autoprune/search_spaces/``, found through
+    :mod:`importlib.resources` so an installed wheel has them as well as a source checkout."""
+    return Path(str(resources.files("autoprune") / "search_spaces"))
+
+
+def bundled_spaces() -> list[SearchSpace]:
+    """Every bundled search space, loaded and validated, by name."""
+    return [SearchSpace.load(p.stem) for p in sorted(spaces_dir().glob("*.yaml"))]
 
 
 @dataclass
@@ -85,12 +94,14 @@ class SearchSpace:
     spread: float = 1.0  # log2 range of the per-unit multipliers on a prior's rates
     explore: float = DEFAULT_EXPLORE  # share of searched brackets that sample a lower target
     source: str = ""  # the file it came from, for messages
+    description: str = ""  # one line on what the space is for (``autoprune spaces``)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, name_or_path: str) -> SearchSpace:
-        """Load ``search_spaces/NAME.yaml`` or a YAML file path, validating every field."""
+        """Load a bundled space by name (see :func:`spaces_dir`) or a YAML file path, validating
+        every field."""
         path = Path(name_or_path)
         if not path.suffix:
             path = spaces_dir() / f"{name_or_path}.yaml"
@@ -121,6 +132,8 @@ class SearchSpace:
                 f"{source}: schema '{raw.get('schema')}' is not supported; expected '{SCHEMA}'"
             )
         space = cls(name=name, source=source)
+        if raw.get("description") is not None:
+            space.description = " ".join(str(raw["description"]).split())
         space.granularity = _choice(raw, "granularity", GRANULARITIES, space.granularity, source)
         space.criterion_per = _choice(
             raw, "criterion_per", CRITERION_PER, space.criterion_per, source

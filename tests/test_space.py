@@ -61,7 +61,7 @@ def test_bundled_spaces_load_and_sample_valid_policies(path: Path) -> None:
 
 
 def test_space_by_name_resolves_bundled_file() -> None:
-    assert SearchSpace.load("default").source.endswith("search_spaces/default.yaml")
+    assert SearchSpace.load("default").source.endswith("autoprune/search_spaces/default.yaml")
 
 
 def test_sampling_is_deterministic_for_a_seed() -> None:

@@ -27,6 +27,14 @@ def _add_image_size_arg(p: argparse.ArgumentParser, reused: str = "") -> None:
     )
 
 
+def _add_policies_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policies-dir",
+        metavar="DIR",
+        help="write the front's policies to DIR/STUDY/ (default: policies/STUDY/ in the current directory)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune",
@@ -37,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the model registry")
     sub.add_parser("datasets", help="list the dataset registry")
+    sub.add_parser("spaces", help="list the bundled search spaces and where they are")
 
     p = sub.add_parser("train", help="train a base model and write a base checkpoint")
     p.add_argument("--model", default="resnet20", help="model name (see `autoprune models`)")
@@ -86,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="base checkpoint (default: embedded ResNet-20/MNIST-5k, trained once)",
     )
     p.add_argument(
-        "--space", help="search space name in search_spaces/ or a YAML path (default: default)"
+        "--space",
+        help="a bundled search space (see `autoprune spaces`) or a YAML path (default: default)",
     )
     p.add_argument(
         "--trials",
@@ -121,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root")
     _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
+    _add_policies_dir_arg(p)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser(
@@ -130,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("default", "all"), default="default")
     p.add_argument("--storage")
     p.add_argument("--executor")
+    _add_policies_dir_arg(p)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser("resume", help="continue a study with the config stored in it")
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--max-failures", type=int, help="override the stored --max-failures")
+    _add_policies_dir_arg(p)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     p = sub.add_parser("studies", help="list studies with trial counts")

@@ -51,6 +51,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("spaces")
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from autoprune.space import bundled_spaces, spaces_dir
+
+    print_table(
+        ["space", "description"],
+        [(s.name, s.description) for s in bundled_spaces()],
+        title=f"search spaces bundled in {spaces_dir()} (--space also takes a YAML path)",
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -196,13 +208,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.runner import search
 
     config = _search_config(args)
-    outcome = search(config, quiet=args.quiet)  # type: ignore[arg-type]
+    outcome = search(
+        config,  # type: ignore[arg-type]
+        quiet=args.quiet,
+        policies_dir=_policies_dir(args),
+    )
     study_obj = studies.load_study(studies.open_storage(outcome.storage), outcome.study_name)
     print_study(study_obj, outcome.study_name)
-    if outcome.export_dir:
-        print(f"exported the front to {outcome.export_dir}/ (policies, front.yaml, front.png)")
+    _print_exported(outcome.export_dir)
     print(f"resume with: autoprune resume {outcome.study_name}")
     return 0
+
+
+def _policies_dir(args: argparse.Namespace) -> str:
+    return args.policies_dir or "policies"  # the default --help states
+
+
+def _print_exported(export_dir: Path | None) -> None:
+    if export_dir:
+        print(f"exported the front to {export_dir}/ (policies, front.yaml, front.png)")
 
 
 @verb("resume")
@@ -220,8 +244,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None
     }
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
-    search(config, quiet=args.quiet)
+    outcome = search(config, quiet=args.quiet, policies_dir=_policies_dir(args))
     print_study(studies.load_study(storage, args.name), args.name)
+    _print_exported(outcome.export_dir)
     return 0
 
 
@@ -236,8 +261,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     config = studies.load_config(storage, args.name)
     overrides = {"executor": args.executor} if args.executor else {}
     config = replace(config, storage=args.storage or config.storage, study=args.name, **overrides)
-    search(config, quiet=args.quiet, baselines_only=args.which)
+    outcome = search(
+        config, quiet=args.quiet, baselines_only=args.which, policies_dir=_policies_dir(args)
+    )
     print_study(studies.load_study(storage, args.name), args.name)
+    _print_exported(outcome.export_dir)
     return 0
 
 
