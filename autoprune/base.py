@@ -173,12 +173,16 @@ def train_base(
     seed: int = 0,
     device: str = "auto",
     image_size: int | None = None,
+    precision: str = "auto",
+    loader_workers: int = 0,
     log: Any = print,
 ) -> BaseCheckpoint:
     """Train a model from scratch on a dataset and save it as a base checkpoint.
 
     ``image_size`` resizes ``imagefolder:`` images (default: their own size); the size trained
     at is the checkpoint's ``input_shape``, which searches and replays of it reuse.
+    ``precision`` is the training autocast (:data:`autoprune.train.PRECISIONS`); val and test
+    accuracy are measured in float32.
     """
     from autoprune import data, models
     from autoprune.macs import count_macs_params
@@ -200,7 +204,13 @@ def train_base(
         model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0]
     )
     spec = ModelSpec(model_name, splits.num_classes, splits.input_shape)
-    config = TrainConfig(Retrain(epochs=epochs, lr=lr), batch_size=batch_size, weight_decay=5e-4)
+    config = TrainConfig(
+        Retrain(epochs=epochs, lr=lr),
+        batch_size=batch_size,
+        weight_decay=5e-4,
+        num_workers=loader_workers,
+        precision=precision,
+    )
     log(f"training {model_name} on {dataset_name} for {epochs:g} epochs on {dev}")
     fit(model, splits.train, config, dev, seed=seed, log=log, val=splits.val)
     val = evaluate(model, splits.val, dev)

@@ -139,6 +139,8 @@ def replay(
     out: str | Path | None = None,
     device: str = "auto",
     threads: int | None = None,
+    precision: str = "auto",
+    loader_workers: int = 0,
     log: Any = print,
 ) -> ReplayResult:
     """Apply ``policy`` to its base checkpoint, fine-tune, report test accuracy, save a checkpoint.
@@ -146,7 +148,8 @@ def replay(
     The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
     evaluated as well. ``imagefolder:`` images are resized to the size the base checkpoint was
-    trained at (its ``input_shape``); ``image_size`` may only repeat it.
+    trained at (its ``input_shape``); ``image_size`` may only repeat it. ``precision`` is the
+    fine-tune's autocast (:data:`autoprune.train.PRECISIONS`); accuracy is measured in float32.
     """
     checkpoint = base_checkpoint or policy.base.checkpoint
     if not checkpoint:
@@ -164,6 +167,8 @@ def replay(
         image_size=image_size,
         device=device,
         threads=threads,
+        precision=precision,
+        num_workers=loader_workers,
     )
     # The applied policy's rates are exact; projecting again would be a no-op but costs a trace.
     pruned = prune_policy(config, policy)  # refuses channels that differ from the trial's

@@ -34,6 +34,12 @@ class SearchConfig:
     storage: str | None = None  # SQLAlchemy URL; None: sqlite:///<studies>/autoprune.db
     study: str | None = None  # study name; None: derived from model, dataset, space and budget
     device: str = "auto"  # device inside trial workers
+    # fine-tune autocast: auto (bf16 on CUDA, fp16 + GradScaler before Ampere; fp32 on CPU),
+    # fp32, bf16 or fp16 (CUDA only); evaluation is float32 whatever this says
+    precision: str = "auto"
+    # DataLoader workers per trial for datasets read from image files (in-memory datasets need
+    # none); None: cpus_per_trial - 1, at most 8, so 0 with one CPU per trial
+    loader_workers: int | None = None
     calibration_images: int = 256  # images data-driven criteria score on
     screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
     baselines: str = "default"  # default | all | none: baseline trials enqueued first
@@ -61,6 +67,7 @@ class SearchConfig:
             raise UserError(f"--cpus-per-trial {self.cpus_per_trial} must be > 0")
         if self.gpus_per_trial < 0:
             raise UserError(f"--gpus-per-trial {self.gpus_per_trial} must be >= 0")
+        self._validate_data_path()
         if not 1 <= self.screen <= 64:
             raise UserError(
                 f"--screen {self.screen} must be in [1, 64]: candidates per fine-tuned trial (1 turns screening off)"
@@ -77,6 +84,27 @@ class SearchConfig:
             )
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"--image-size {self.image_size} must be >= 1 (pixels a side)")
+
+    def _validate_data_path(self) -> None:
+        from autoprune.train import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"--precision '{self.precision}' is unknown; allowed: {', '.join(PRECISIONS)}"
+            )
+        if self.precision == "fp16" and self.device == "cpu":
+            raise UserError(
+                "--precision fp16 needs a CUDA device, but --device is cpu: use --precision fp32 "
+                "(or bf16) on the CPU"
+            )
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise UserError(f"--loader-workers {self.loader_workers} must be >= 0")
+
+    def trial_loader_workers(self) -> int:
+        """DataLoader workers of each trial: ``loader_workers``, or one per spare trial CPU."""
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return min(8, max(0, int(self.cpus_per_trial) - 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,6 +57,7 @@ class ObjectiveConfig:
     score_cache: str | None = None  # folder of the base-score cache; None: studies/cache/scores
     batch_size: int = 128  # fine-tuning batch size
     num_workers: int = 0  # DataLoader workers for image-decoding datasets
+    precision: str = "auto"  # fine-tune autocast (train.PRECISIONS); evaluation is always fp32
     bn_recalibration_batches: int = 8  # BN statistics re-estimated when a policy has no fine-tune
     proxy_batches: int = 8  # adaptive-BN proxy: training batches its BN statistics come from
     proxy_batch_size: int = 64
@@ -304,6 +305,7 @@ def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> Tra
         replace(policy.retrain, epochs=epochs),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        precision=config.precision,
     )
 
 

@@ -95,6 +95,8 @@ def objective_config(config: SearchConfig, space: SearchSpace) -> ObjectiveConfi
         data_root=config.data_root,
         image_size=config.image_size,
         device=config.device,
+        precision=config.precision,
+        num_workers=config.trial_loader_workers(),
         threads=max(1, int(config.cpus_per_trial)),
         max_rate=space.max_rate,
         calibration_images=config.calibration_images,

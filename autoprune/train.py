@@ -2,16 +2,23 @@
 
 One loop serves base training (``autoprune train``), the short fine-tune of every search trial
 and the longer fine-tune of ``replay``. Epochs may be fractional (``0.5`` = half an epoch of
-steps) so a search can spend less than an epoch per candidate. On CUDA the loop runs in
-mixed precision with channels-last memory; on CPU it runs in float32.
+steps) so a search can spend less than an epoch per candidate.
+
+Precision (:data:`PRECISIONS`): the fine-tune runs under autocast in bf16, fp16 (with a
+``GradScaler``) or not at all (fp32); ``auto`` is bf16 on GPUs that have it natively (Ampere
+and later), fp16 on older GPUs and fp32 on the CPU. :func:`evaluate` and
+:func:`recalibrate_batchnorm` always run in float32, whatever the fine-tune used, so a trial's
+measured accuracy does not depend on the device it ran on. Channels-last memory is not used: it
+was never measured to be faster for these small CIFAR networks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoprune.data import batches
+from autoprune.data import Loader, batches
 from autoprune.errors import UserError
 from autoprune.groups import BATCH_NORMS
 
@@ -30,6 +37,11 @@ Log = Callable[[str], None]
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 REGULARIZERS = ("none", "orthogonal")
+# Autocast precision of the fine-tune; "auto": bf16 (or fp16 before Ampere) on CUDA, fp32 else.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Training steps between checks that the loss is finite (each check waits for the GPU).
+_FINITE_CHECK_STEPS = 25
 
 
 @dataclass
@@ -75,6 +87,7 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 penalty on all parameters
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     num_workers: int = 0  # DataLoader workers for datasets that decode images
+    precision: str = "auto"  # autocast of the training steps: auto | fp32 | bf16 | fp16
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -114,6 +127,73 @@ def select_device(name: str = "auto") -> torch.device:
             f"device '{name}' was requested but CUDA is not available: use --device cpu"
         )
     return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``fit`` runs at on ``device``: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` keeps what a GPU does well: bf16 where the GPU computes it natively (Ampere and
+    later), else fp16 with a ``GradScaler`` (bf16 would be emulated, slowly); fp32 on the CPU.
+
+    Raises:
+        UserError: an unknown name, or fp16 off CUDA (autocast in fp16 on a CPU is slower than
+            fp32 there and buys nothing: use fp32, or bf16).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision '{precision}' is unknown; allowed: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"--precision fp16 needs a CUDA device, but this runs on {device.type}: fp16 autocast "
+            "there is slower than fp32; use --precision fp32 (or bf16), or --device cuda"
+        )
+    return precision
+
+
+class _MixedPrecision:
+    """Autocast and loss scaling of one training run at a resolved precision.
+
+    fp16 scales the loss (``torch.amp.GradScaler``) so small gradients do not underflow, and
+    skips the steps whose gradients overflow; bf16 and fp32 need no scaling (the scaler is off
+    and ``step`` is a plain backward + optimiser step).
+    """
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.device_type = device.type
+        self.dtype = _AUTOCAST_DTYPES.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning for the fixed-shape training steps, on CUDA, restored afterwards.
+
+    Only around training: the algorithms it picks may differ between runs, and channel
+    scoring (which must choose the same channels every time) should not depend on them.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
@@ -183,83 +263,91 @@ def fit(
         )
     else:
         optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=config.weight_decay)
-    use_amp = device.type == "cuda"
-    if use_amp:
-        model.to(memory_format=torch.channels_last)
+    precision = _MixedPrecision(resolve_precision(config.precision, device), device)
+    loader = Loader(
+        train,
+        config.batch_size,
+        shuffle=True,
+        seed=seed,
+        num_workers=config.num_workers,
+        device=device,
+    )
     model.train()
     step, epoch = 0, 0
-    while step < total_steps:
-        start = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
-        for images, labels in batches(
-            train,
-            config.batch_size,
-            shuffle=True,
-            seed=seed + epoch,
-            num_workers=config.num_workers,
-        ):
-            if step >= total_steps:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * _lr_factor(recipe.schedule, step, total_steps)
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if use_amp:
-                images = images.to(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-            if recipe.regularizer == "orthogonal":
-                loss = loss + recipe.regularizer_weight * orthogonality_penalty(model)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training loss became {loss.item()} at step {step} of {total_steps} with "
-                    f"learning rate {recipe.lr:g}: lower the learning rate"
+    with _cudnn_benchmark(device):
+        while step < total_steps:
+            start = time.perf_counter()
+            seen = 0
+            # Summed on the device: reading them every step would wait for the GPU every step.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            for images, labels in loader.epoch(epoch):
+                if step >= total_steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * _lr_factor(recipe.schedule, step, total_steps)
+                with precision.autocast():
+                    logits = model(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                if recipe.regularizer == "orthogonal":
+                    loss = loss + recipe.regularizer_weight * orthogonality_penalty(model)
+                precision.step(loss, optimizer)
+                step += 1
+                seen += len(labels)
+                loss_sum += loss.detach().float() * len(labels)
+                correct += (logits.detach().argmax(1) == labels).sum()
+                if step % _FINITE_CHECK_STEPS == 0:
+                    _check_finite(loss_sum, step, total_steps, recipe.lr)
+            epoch += 1
+            if seen:
+                _check_finite(loss_sum, step, total_steps, recipe.lr)
+            if log is not None and seen:
+                line = (
+                    f"epoch {epoch}/{math.ceil(recipe.epochs)}  loss {float(loss_sum) / seen:.4f}  "
+                    f"train acc {int(correct) / seen:.4f}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            seen += len(labels)
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.detach().argmax(1) == labels).sum())
-        epoch += 1
-        if log is not None and seen:
-            line = (
-                f"epoch {epoch}/{math.ceil(recipe.epochs)}  loss {loss_sum / seen:.4f}  "
-                f"train acc {correct / seen:.4f}"
-            )
-            if val is not None:
-                line += f"  val acc {evaluate(model, val, device).accuracy:.4f}"
-                model.train()
-            log(line + f"  ({time.perf_counter() - start:.1f}s)")
+                if val is not None:
+                    line += f"  val acc {evaluate(model, val, device).accuracy:.4f}"
+                    model.train()
+                log(line + f"  ({time.perf_counter() - start:.1f}s)")
     model.eval()
     return model
+
+
+def _check_finite(loss_sum: torch.Tensor, step: int, total_steps: int, lr: float) -> None:
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(
+            f"training loss became {float(loss_sum)} by step {step} of {total_steps} with "
+            f"learning rate {lr:g}: lower the learning rate"
+        )
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 500
 ) -> EvalResult:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode)."""
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode).
+
+    Always in float32, also inside an autocast region and whatever precision the model was
+    fine-tuned at, so the same weights measure the same on every device.
+    """
     model.to(device)
     model.eval()
-    correct = seen = 0
-    loss_sum = 0.0
-    use_amp = device.type == "cuda"
-    for images, labels in batches(dataset, batch_size):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(images)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
+    seen = 0
+    losses: list[torch.Tensor] = []  # per batch, read once at the end (no wait per batch)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.autocast(device.type, enabled=False):
+        for images, labels in batches(dataset, batch_size, device=device):
+            logits = model(images.float())
+            losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
     if seen == 0:
         raise UserError(
             "the evaluation split is empty: the dataset has too few images for a val/test split"
         )
-    return EvalResult(accuracy=correct / seen, loss=loss_sum / seen, samples=seen)
+    loss_sum = float(torch.stack(losses).cpu().double().sum())
+    return EvalResult(accuracy=int(correct) / seen, loss=loss_sum / seen, samples=seen)
 
 
 @torch.no_grad()
@@ -283,10 +371,13 @@ def recalibrate_batchnorm(
         bn.momentum = None  # cumulative average over the batches below
     model.to(device)
     model.train()
-    for i, (images, _) in enumerate(batches(dataset, batch_size, shuffle=True, seed=0)):
-        if i >= num_batches:
-            break
-        model(images.to(device))
+    with torch.autocast(device.type, enabled=False):  # float32 statistics, as evaluate uses
+        for i, (images, _) in enumerate(
+            batches(dataset, batch_size, shuffle=True, seed=0, device=device)
+        ):
+            if i >= num_batches:
+                break
+            model(images.float())
     for bn in bns:
         bn.momentum = 0.1
     model.eval()

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from autoprune import data
-from autoprune.data import DataSplits, TransformSubset, batches, labels_of, stratified_split
+from autoprune.data import (
+    DataSplits,
+    PixelSplit,
+    TransformSubset,
+    batches,
+    labels_of,
+    stratified_split,
+)
 from autoprune.errors import UserError
 
 
@@ -112,31 +119,32 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.n
 
 
 def test_cifar10_loads_through_torchvision_without_download(cifar10_root: Path) -> None:
-    import torchvision
-
     splits = data.create("cifar10", root=cifar10_root, download=False)
     assert splits.num_classes == 10 and splits.input_shape == (3, 32, 32)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 10, 20)
-    assert isinstance(splits.val, TransformSubset)
-    assert isinstance(splits.val.base, torchvision.datasets.CIFAR10)
-    assert splits.val.base.train and not splits.test.base.train  # type: ignore[attr-defined]
+    assert isinstance(splits.val, PixelSplit) and splits.val.pixels.dtype == torch.uint8
 
     # val is carved from the training batches, disjoint from train, one image per class
-    assert splits.val.base is splits.train.base  # type: ignore[attr-defined]
-    assert not set(splits.val.indices) & set(splits.train.indices)  # type: ignore[attr-defined]
+    folder = cifar10_root / "cifar-10-batches-py"
+    raw, raw_labels = read_cifar_batches(folder, [f"data_batch_{i}" for i in range(1, 6)])
+    label_of = {image.tobytes(): int(label) for image, label in zip(raw, raw_labels, strict=True)}
+
+    def keys(split: Any) -> list[bytes]:
+        return [image.permute(1, 2, 0).numpy().tobytes() for image in split.pixels]
+
+    assert set(keys(splits.val)) | set(keys(splits.train)) == set(label_of)
+    assert not set(keys(splits.val)) & set(keys(splits.train))
     assert sorted(labels_of(splits.val).tolist()) == list(range(10))
 
     # what a model sees is the file's image, normalised with CIFAR-10's statistics
-    folder = cifar10_root / "cifar-10-batches-py"
-    raw, raw_labels = read_cifar_batches(folder, [f"data_batch_{i}" for i in range(1, 6)])
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
     std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
     for position in (0, 9):
         image, label = splits.val[position]
-        index = int(splits.val.indices[position])
-        expected = torch.from_numpy(raw[index]).permute(2, 0, 1).float() / 255
-        assert torch.allclose(image * std + mean, expected, atol=1e-5)
-        assert label == raw_labels[index]
+        key = keys(splits.val)[position]
+        expected = torch.from_numpy(np.frombuffer(key, np.uint8).reshape(32, 32, 3).copy())
+        assert torch.allclose(image * std + mean, expected.permute(2, 0, 1) / 255, atol=1e-5)
+        assert label == label_of[key]
     test_raw, test_labels = read_cifar_batches(folder, ["test_batch"])
     image, label = splits.test[5]
     assert torch.allclose(
@@ -147,9 +155,7 @@ def test_cifar10_loads_through_torchvision_without_download(cifar10_root: Path) 
     # training images are augmented but keep their shape; calibration images are not augmented
     assert splits.train[0][0].shape == (3, 32, 32)
     calib_image, _ = splits.calibration[0]
-    train_index = int(splits.train.indices[0])  # type: ignore[attr-defined]
-    expected = torch.from_numpy(raw[train_index]).permute(2, 0, 1).float() / 255
-    assert torch.allclose(calib_image * std + mean, expected, atol=1e-5)
+    assert torch.allclose(calib_image * std + mean, splits.train.pixels[0] / 255, atol=1e-5)  # type: ignore[attr-defined]
 
 
 def test_cifar10_without_data_root_is_a_user_error() -> None:

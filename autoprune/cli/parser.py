@@ -27,6 +27,25 @@ def _add_image_size_arg(p: argparse.ArgumentParser, reused: str = "") -> None:
     )
 
 
+def _add_data_path_args(p: argparse.ArgumentParser, search: bool = False) -> None:
+    """--precision and --loader-workers; a search leaves them unset so a resume keeps its own."""
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=None if search else "auto",
+        help="fine-tune autocast (default auto: bf16 on CUDA, fp16 + GradScaler on pre-Ampere "
+        "GPUs, fp32 on CPU; fp16 needs CUDA); evaluation is always float32",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        metavar="N",
+        default=None if search else 0,
+        help="DataLoader worker processes for datasets read from image files (default "
+        + ("--cpus-per-trial - 1, at most 8)" if search else "0)"),
+    )
+
+
 def _add_policies_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policies-dir",
@@ -55,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _add_data_path_args(p)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", help="checkpoint path (default: studies/base/MODEL-DATASET.pt)")
     _add_data_args(p)
@@ -113,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autoprune.db)")
     p.add_argument("--study", help="study name (default: MODEL-DATASET-SPACE-bBUDGET)")
     p.add_argument("--device", help="device inside trials: auto | cpu | cuda")
+    _add_data_path_args(p, search=True)
     p.add_argument("--calibration-images", type=int)
     p.add_argument(
         "--screen",
@@ -182,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="checkpoint path (default: next to the base checkpoint)")
     p.add_argument("--device", default="auto")
+    _add_data_path_args(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--data-root")
     _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")

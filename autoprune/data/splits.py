@@ -1,18 +1,19 @@
-"""Dataset splits: the train/val/test container, in-memory and transformed splits, batching.
+"""Dataset splits: the train/val/test container, in-memory and transformed splits.
 
 Every dataset loader returns a :class:`DataSplits`; the validation split is always carved from
 training data (:func:`stratified_split`), so the search never looks at the test split.
+Batching lives in :mod:`autoprune.data.loader`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 # Share of the training data held out for validation when a dataset has no val split of its own.
 VAL_FRACTION = 0.1
@@ -48,6 +49,108 @@ class TensorSplit(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at ``index``."""
+        return self.images[index], self.labels[index]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation of a :class:`PixelSplit`: torchvision's ``RandomCrop(size,
+    padding=pad)`` (zero padding) followed by ``RandomHorizontalFlip()``, done with tensor ops.
+    """
+
+    pad: int = 0  # pixels of zero padding on every side before a random crop back to size
+    hflip: bool = False  # mirror left-right with probability 0.5
+
+    def draw(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets (top, left) in ``[0, 2 * pad]`` and flip flags for ``n`` images."""
+        top = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        left = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5
+        return top, left, flip & self.hflip
+
+
+def crop_flip(
+    pixels: torch.Tensor, pad: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Zero-pad a batch (B, C, H, W) by ``pad``, crop each image back to H x W at its own
+    (top, left) and mirror the images whose ``flip`` is set: one gather, on the batch's device.
+    """
+    b, c, h, w = pixels.shape
+    padded = pixels.new_zeros(b, c, h + 2 * pad, w + 2 * pad)
+    padded[:, :, pad : pad + h, pad : pad + w] = pixels
+    device = pixels.device
+    rows = top.to(device)[:, None] + torch.arange(h, device=device)  # (B, H)
+    forward = torch.arange(w, device=device)
+    cols = left.to(device)[:, None] + torch.where(
+        flip.to(device)[:, None], w - 1 - forward, forward
+    )  # (B, W)
+    batch = torch.arange(b, device=device)[:, None, None]
+    # Advanced indices around a slice: the result is (B, H, W, C).
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class PixelSplit(Dataset):
+    """An in-memory split of uint8 pixels (N, C, H, W), normalised (and augmented) on access.
+
+    Four times smaller than float images, so a whole split fits on a GPU, where
+    :class:`~autoprune.data.loader.Loader` gathers, augments and normalises each batch without
+    the CPU. ``split[i]`` gives what torchvision's ``ToTensor`` + ``Normalize`` (after the
+    augmentation, drawn from torch's global RNG) would.
+    """
+
+    def __init__(
+        self,
+        pixels: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment | None = None,
+    ) -> None:
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4:
+            raise ValueError(
+                f"PixelSplit needs uint8 (N, C, H, W) pixels, got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        self.pixels = pixels
+        self.labels = labels
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.augment = augment
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Per-device copies of mean and std stay in this process (a GPU's may not exist there).
+        return {**self.__dict__, "_stats": {}}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels = self.pixels[index : index + 1]
+        if self.augment is not None:
+            pixels = crop_flip(
+                pixels, self.augment.pad, *self.augment.draw(1, torch.default_generator)
+            )
+        return self.normalise(pixels)[0], int(self.labels[index])
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> float32 images, exactly as ``ToTensor`` then ``Normalize`` compute them."""
+        if pixels.device not in self._stats:  # one copy per device, not one per batch
+            shape = (len(self.mean), 1, 1)
+            self._stats[pixels.device] = (
+                torch.tensor(self.mean, dtype=torch.float32).view(shape).to(pixels.device),
+                torch.tensor(self.std, dtype=torch.float32).view(shape).to(pixels.device),
+            )
+        mean, std = self._stats[pixels.device]
+        return pixels.float().div_(255).sub_(mean).div_(std)
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (normalised, not augmented) and labels at ``index``."""
+        return self.normalise(self.pixels[index]), self.labels[index]
 
 
 class TransformSubset(Dataset):
@@ -104,34 +207,3 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
             parts[i].extend(idx[start:stop].tolist())
             start = stop
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-
-
-def batches(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``(images, labels)`` batches; in-memory splits are sliced without a DataLoader.
-
-    Shuffling uses its own generator seeded with ``seed``, so the order is reproducible and
-    independent of the global RNG.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, TensorSplit):
-        n = len(dataset)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield dataset.images[idx], dataset.labels[idx]
-        return
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        persistent_workers=False,
-    )
-    yield from loader
