@@ -283,6 +283,7 @@ def test_checkpoint_holds_plain_data_only(tmp_path: Path) -> None:
         "state_dict",
         "metrics",
         "base_sha256",
+        "sha256",
     }
 
     def leaves(x: Any) -> list[Any]:
