@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -44,6 +46,9 @@ class SearchConfig:
     screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
     baselines: str = "default"  # default | all | none: baseline trials enqueued first
     max_failures: int = 0  # Ray: times Tune re-runs a trial whose worker died (-1: no limit)
+    # Ray: custom resources each trial also asks for, e.g. {"worker_node": 1} so trials run
+    # only on nodes started with `ray start --resources '{"worker_node": N}'`; None: none
+    resources_per_trial: dict[str, float] | None = None
 
     def validate(self) -> None:
         if not 0.0 < self.budget_flops <= 1.0:
@@ -84,6 +89,8 @@ class SearchConfig:
             )
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"--image-size {self.image_size} must be >= 1 (pixels a side)")
+        if self.resources_per_trial is not None:
+            check_resources(self.resources_per_trial)
 
     def _validate_data_path(self) -> None:
         from autoprune.train import PRECISIONS
@@ -113,3 +120,49 @@ class SearchConfig:
     def from_dict(cls, raw: dict[str, Any]) -> SearchConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+# Resources with options of their own; the rest of a Ray resource dict is custom resources.
+_RESERVED_RESOURCES = {
+    "cpu": "--cpus-per-trial sets it", "CPU": "--cpus-per-trial sets it",
+    "gpu": "--gpus-per-trial sets it", "GPU": "--gpus-per-trial sets it",
+    "memory": "it is not a custom resource", "custom_resources": "it is not a custom resource",
+}  # fmt: skip
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``--resources-per-trial`` JSON, e.g. ``'{"worker_node": 1}'``, checked."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"--resources-per-trial '{text}' is not JSON ({exc.msg}): give an object such as "
+            """'{"worker_node": 1}'"""
+        ) from exc
+    check_resources(raw)
+    return {str(k): float(v) for k, v in raw.items()}
+
+
+def check_resources(raw: Any) -> None:
+    """Custom Ray resources per trial: an object of names to amounts >= 0."""
+    example = """'{"worker_node": 1}'"""
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"--resources-per-trial must be a JSON object of resource names to amounts, e.g. {example}"
+        )
+    for name, amount in raw.items():
+        if name in _RESERVED_RESOURCES:
+            raise UserError(
+                f"--resources-per-trial names '{name}' ({_RESERVED_RESOURCES[name]}): remove it "
+                "and give only custom resources"
+            )
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, (int, float))
+            or not math.isfinite(amount)
+            or amount < 0
+        ):
+            raise UserError(
+                f"--resources-per-trial gives '{name}' the amount {amount!r}: amounts are numbers >= 0, "
+                f"e.g. {example}"
+            )

@@ -82,8 +82,6 @@ def read_torch_file(path: str | Path, label: str, fix: str) -> Any:
     ``weights_only=False``, which runs whatever code the file carries. It stays chained as
     ``__cause__`` for debugging.
     """
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{label} {path} is a folder, not a file: {fix}")
@@ -96,13 +94,31 @@ def read_torch_file(path: str | Path, label: str, fix: str) -> Any:
         raise UserError(
             f"{label} {path} cannot be read ({exc.strerror or type(exc).__name__}): {fix}"
         ) from exc
+    return _load_torch(path, head, f"{label} {path}", fix)
+
+
+def read_torch_bytes(data: bytes, label: str, fix: str) -> Any:
+    """:func:`read_torch_file` of a checkpoint's content, e.g. sent through Ray's object store.
+
+    The same refusals and the same one-line messages; ``label`` names the content fully
+    (e.g. "base checkpoint studies/base/x.pt sent by the driver").
+    """
+    import io
+
+    return _load_torch(io.BytesIO(data), data[:_HEAD_BYTES], label, fix)
+
+
+def _load_torch(source: Any, head: bytes, label: str, fix: str) -> Any:
+    """``torch.load(weights_only=True)`` of a path or stream; any failure is one line of ours."""
+    import torch
+
     try:
         with warnings.catch_warnings():
             # torch warns about unusual pickle protocols and asks to file an issue upstream.
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{label} {path} {_torch_load_problem(head, exc)}: {fix}") from exc
+        raise UserError(f"{label} {_torch_load_problem(head, exc)}: {fix}") from exc
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 is a zip archive

@@ -62,6 +62,9 @@ class ObjectiveConfig:
     proxy_batches: int = 8  # adaptive-BN proxy: training batches its BN statistics come from
     proxy_batch_size: int = 64
     proxy_images: int = 2000  # adaptive-BN proxy: val images it is measured on (a fixed subset)
+    # Set on Ray workers: the base is the one installed in this process under this hash
+    # (sent by the driver, see autoprune.shipping), never read from ``base_checkpoint``.
+    base_sha256: str | None = None
 
     def cache_dir(self) -> Path:
         return Path(self.score_cache) if self.score_cache else studies_dir() / "cache" / "scores"
@@ -113,6 +116,15 @@ def _cached_base(path: str, mtime: float) -> BaseCheckpoint:
     return load_base(path)
 
 
+# Base checkpoints this process received from the driver, by weights hash (Ray workers).
+_installed_bases: dict[str, BaseCheckpoint] = {}
+
+
+def install_base(base: BaseCheckpoint) -> None:
+    """Make ``base`` what configs with ``base_sha256 == base.sha256`` evaluate against."""
+    _installed_bases[base.sha256] = base
+
+
 def load_splits(
     name: str, root: str | None, download: bool = False, image_size: int | None = None
 ) -> DataSplits:
@@ -132,9 +144,21 @@ def _cached_splits(
 
 
 def load_inputs(config: ObjectiveConfig) -> tuple[BaseCheckpoint, DataSplits]:
-    """The base checkpoint and dataset splits, cached per process (trial workers reuse them)."""
-    path = Path(config.base_checkpoint)
-    base = _cached_base(str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
+    """The base checkpoint and dataset splits, cached per process (trial workers reuse them).
+
+    With ``config.base_sha256`` the base is the installed one (:func:`install_base`); a Ray
+    worker on another node has no file at ``base_checkpoint``.
+    """
+    if config.base_sha256 is not None:
+        base = _installed_bases.get(config.base_sha256)
+        if base is None:
+            raise RuntimeError(
+                f"base checkpoint {config.base_checkpoint} (sha256 {config.base_sha256[:12]}...) "
+                "was not installed in this worker: call autoprune.shipping.unpack first"
+            )
+    else:
+        path = Path(config.base_checkpoint)
+        base = _cached_base(str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
     image_size = base.image_size(config.dataset, config.image_size)
     splits = load_splits(config.dataset, config.data_root, config.download, image_size)
     if config.dataset.startswith("imagefolder:") and splits.input_shape != base.spec.input_shape:

@@ -312,6 +312,7 @@ def finish_trial(
 RECORDED = (
     "policy", "timings", "params_ratio", "macs", "params", "val_loss", "counters", "macs_ratio",
     "proxy_accuracy", "proxy_loss", "bracket", "wall", "overhead",
+    "node_id", "node_ip",  # the Ray node the trial ran on (Ray executor only)
 )  # fmt: skip
 
 

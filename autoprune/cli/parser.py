@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.5")
     p.add_argument("--ray-address", help="join an existing Ray cluster ('auto' or host:port)")
+    p.add_argument(
+        "--resources-per-trial",
+        help="""Ray: custom resources each trial also asks for, as JSON, e.g. '{"worker_node": 1}'""",
+    )
     p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autoprune.db)")
     p.add_argument("--study", help="study name (default: MODEL-DATASET-SPACE-bBUDGET)")
     p.add_argument("--device", help="device inside trials: auto | cpu | cuda")

@@ -193,7 +193,7 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
 
 
 def _search_config(args: argparse.Namespace) -> object:
-    from autoprune.config import SearchConfig
+    from autoprune.config import SearchConfig, parse_resources
 
     fields = {
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
@@ -202,6 +202,8 @@ def _search_config(args: argparse.Namespace) -> object:
         "precision", "loader_workers",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if getattr(args, "resources_per_trial", None) is not None:
+        values["resources_per_trial"] = parse_resources(args.resources_per_trial)
     return SearchConfig(**values)
 
 

@@ -3,7 +3,9 @@
 Scores of the unpruned base model depend only on (base weights, criterion, calibration set,
 seed), so every trial of a study that uses a data-driven criterion on its first pruning step
 can read them instead of running calibration passes again. Entries are one file each, written
-atomically, so concurrent trial workers on one host never see a half-written file.
+atomically, so concurrent trial workers on one host never see a half-written file. A file's
+name starts with its base model's hash, so the driver can send a base's entries to workers on
+other nodes (:mod:`autoprune.shipping`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,23 @@ class ScoreCache:
     @staticmethod
     def key(base_sha256: str, criterion: str, calibration_spec: str, seed: int) -> str:
         raw = f"{base_sha256}|{criterion}|{calibration_spec}|{seed}"
-        return f"{criterion}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}"
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:20]
+        return f"{ScoreCache._base_prefix(base_sha256)}{criterion}-{digest}"
+
+    @staticmethod
+    def _base_prefix(base_sha256: str) -> str:
+        return f"{base_sha256[:16]}-"
+
+    def entries(self, base_sha256: str) -> dict[str, dict[str, torch.Tensor]]:
+        """Every readable entry of one base model, by key (what the driver sends to workers)."""
+        if not self.root.is_dir():
+            return {}
+        found = {}
+        for path in sorted(self.root.glob(f"{self._base_prefix(base_sha256)}*.pt")):
+            scores = self.get(path.stem)
+            if scores is not None:
+                found[path.stem] = scores
+        return found
 
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.pt"

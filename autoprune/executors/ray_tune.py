@@ -11,6 +11,10 @@ when its worker process died (killed, the OOM killer, a lost node). Tune then re
 ``--max-failures`` times with the same config, that is the same bracket of already-asked Optuna
 trials; the searcher hears of the Tune trial only when it ends for good, and records its Optuna
 trials once: COMPLETE from the retry that reported, or FAIL ``worker_died`` with Ray's reason.
+
+No shared filesystem: workers read no file of the driver. The base checkpoint and its cached
+scores travel once per search through Ray's object store (:mod:`autoprune.shipping`), and
+every trial records the Ray node it ran on (user attrs ``node_id``, ``node_ip``).
 """
 
 from __future__ import annotations
@@ -33,14 +37,25 @@ from autoprune.failures import Failure, classify
 from autoprune.files import studies_dir
 from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
+from autoprune.shipping import Shipment, pack, unpack
 from autoprune.space import SearchSpace, SpaceContext
 
 
-def trainable(config: dict[str, Any], objective: ObjectiveConfig) -> None:
-    """What a Ray worker runs for one trial: evaluate the bracket it was handed and report."""
+def trainable(
+    config: dict[str, Any], objective: ObjectiveConfig, shipment: Shipment, driver_node: str
+) -> None:
+    """What a Ray worker runs for one trial: evaluate the bracket it was handed and report.
+
+    The base checkpoint comes from ``shipment`` (installed once per worker process), never
+    from the driver's disk; every candidate's report names the node it ran on.
+    """
+    import ray
     from ray import tune
 
-    tune.report(evaluate_bracket_for_trial(objective, config["policies"]))
+    node_id = ray.get_runtime_context().get_node_id()
+    objective = unpack(shipment, objective, on_driver_node=node_id == driver_node)
+    node = {"node_id": node_id, "node_ip": ray.util.get_node_ip_address()}
+    tune.report(evaluate_bracket_for_trial(objective, config["policies"], extra=node))
 
 
 def run_ray(
@@ -88,9 +103,21 @@ def run_ray(
         streak = FailureStreak(study.study_name)
         policies = policy_searcher(study, space, ctx, config, progress, missing, refill, streak)
         searcher = ConcurrencyLimiter(policies, max_concurrent=config.max_concurrent)
-        resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+        resources = {
+            "cpu": config.cpus_per_trial,
+            "gpu": config.gpus_per_trial,
+            **(config.resources_per_trial or {}),  # custom resources, e.g. {"worker_node": 1}
+        }
+        # Put in the object store once by with_parameters; every worker reads it from there.
+        shipment = pack(objective, space.criteria, config.seed)
+        parameters = tune.with_parameters(
+            trainable,
+            objective=objective,
+            shipment=shipment,
+            driver_node=ray.get_runtime_context().get_node_id(),
+        )
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, objective=objective), resources),
+            tune.with_resources(parameters, resources),
             tune_config=tune.TuneConfig(
                 # Unbounded: the searcher decides when the study is full (Searcher.FINISHED).
                 search_alg=searcher,

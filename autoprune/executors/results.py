@@ -50,7 +50,10 @@ def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def evaluate_bracket_for_trial(
-    objective: ObjectiveConfig, policy_dicts: list[dict[str, Any]], keep: int = 1
+    objective: ObjectiveConfig,
+    policy_dicts: list[dict[str, Any]],
+    keep: int = 1,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Screen a bracket of candidates and fine-tune the best ``keep`` (see ``evaluate_bracket``).
 
@@ -58,7 +61,7 @@ def evaluate_bracket_for_trial(
     candidate's report, in order, under ``candidates_json``. Never raises for a failure of the
     evaluation: a failed candidate is reported as its failure, and a failure outside any one
     candidate (e.g. a policy that does not parse) as every candidate's, so the worker lives on
-    and the driver records each trial once.
+    and the driver records each trial once. ``extra`` (e.g. the Ray node) joins every report.
     """
     outcomes: list[Metrics | Failure]
     try:
@@ -66,7 +69,9 @@ def evaluate_bracket_for_trial(
         outcomes = list(evaluate_bracket(objective, policies, keep))
     except Exception as exc:  # recorded as every candidate's failure
         outcomes = [classify(exc, "evaluation")] * len(policy_dicts)
-    reports = [o.report() if isinstance(o, Failure) else encode(o) for o in outcomes]
+    reports = [
+        {**(o.report() if isinstance(o, Failure) else encode(o)), **(extra or {})} for o in outcomes
+    ]
     top = next((r for r in reports if r.get("finetuned")), reports[0])
     # ``top`` carries the metrics Tune requires (NaN when every candidate failed).
     return {**top, "candidates_json": json.dumps(reports)}
