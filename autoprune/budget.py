@@ -11,6 +11,8 @@ per candidate.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -230,3 +232,43 @@ def removed_counts(policy: Policy, macs_model: MacsModel) -> list[int]:
         channels_to_remove(policy.groups[n].rate, c) if n in policy.groups else 0
         for n, c in zip(macs_model.group_names, macs_model.channels, strict=True)
     ]
+
+
+# --------------------------------------------------------------------------- per-process cache
+
+# A MACs model depends only on the base architecture and the blocks dropped from it, yet every
+# trial projects onto one: trial workers keep the recent ones (each a few KB: layer counts and
+# group indices, no module) instead of tracing the base again for every candidate.
+MACS_MODEL_CACHE_SIZE = 32
+_MACS_MODELS: OrderedDict[tuple[object, ...], MacsModel] = OrderedDict()
+
+
+def base_macs_model(
+    base_sha256: str,
+    build: Callable[[], nn.Module],
+    example_inputs: torch.Tensor,
+    dropped_blocks: Sequence[str] = (),
+    base_macs: float | None = None,
+) -> MacsModel:
+    """The :class:`MacsModel` of a base model less ``dropped_blocks``, built once per process.
+
+    What :func:`project_to_budget` builds for a policy when given no ``macs_model``, cached by
+    ``(base_sha256, dropped_blocks, input shape, base_macs)``; pass it as ``macs_model``.
+    ``build`` makes a fresh copy of the base model and is called only on a miss (block removal
+    changes the model it is given). The model returned is shared: read it, never change it.
+    """
+    key = (base_sha256, tuple(dropped_blocks), tuple(example_inputs.shape), base_macs)
+    cached = _MACS_MODELS.get(key)
+    if cached is not None:
+        _MACS_MODELS.move_to_end(key)
+        return cached
+    model = build()
+    if dropped_blocks:
+        if base_macs is None:  # ratios stay relative to the base, not to what is left
+            base_macs = float(count_macs_params(model, example_inputs)[0])
+        model = drop_blocks(model, list(dropped_blocks), example_inputs)
+    macs_model = MacsModel(model, example_inputs, base_macs)
+    _MACS_MODELS[key] = macs_model
+    while len(_MACS_MODELS) > MACS_MODEL_CACHE_SIZE:
+        _MACS_MODELS.popitem(last=False)
+    return macs_model

@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 
 from autoprune import data, prune
 from autoprune.base import BaseCheckpoint, load_base
-from autoprune.budget import DEFAULT_TOLERANCE, project_to_budget
+from autoprune.budget import DEFAULT_TOLERANCE, base_macs_model, project_to_budget
 from autoprune.criteria.cache import ScoreCache
 from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringInputs
@@ -193,8 +193,17 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     t0 = time.perf_counter()
     settings = policy.scoring
     assert settings.max_rate is not None
+    # The MACs model depends only on the base and its dropped blocks: built once per process.
+    macs_model = base_macs_model(
+        base.sha256, base.build, inputs, policy.depth.drop_blocks, float(base_macs)
+    )
     projected = project_to_budget(
-        policy, model, inputs, base_macs=base_macs, max_rate=settings.max_rate
+        policy,
+        model,
+        inputs,
+        base_macs=base_macs,
+        max_rate=settings.max_rate,
+        macs_model=macs_model,
     )
     timings["project"] = time.perf_counter() - t0
 
@@ -316,11 +325,20 @@ def adaptive_bn_proxy(pruned: Pruned, config: ObjectiveConfig) -> Proxy:
 
 
 def base_macs_params(base: BaseCheckpoint) -> tuple[int, int]:
-    """MACs and parameters of the unpruned base model (stored at training, else counted)."""
+    """MACs and parameters of the unpruned base model (stored at training, else counted once
+    per process and base)."""
     macs, params = int(base.metrics.get("macs") or 0), int(base.metrics.get("params") or 0)
     if macs and params:
         return macs, params
-    return count_macs_params(base.build(), base.spec.example_inputs())
+    counted = _base_counts.get(base.sha256)
+    if counted is None:
+        counted = count_macs_params(base.build(), base.spec.example_inputs())
+        _base_counts[base.sha256] = counted
+    return counted
+
+
+# (MACs, params) of base checkpoints that do not store them, by weights hash.
+_base_counts: dict[str, tuple[int, int]] = {}
 
 
 def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> TrainConfig:

@@ -288,9 +288,11 @@ def finish_trial(
         else:
             error = non_finite(dict(zip(METRIC_NAMES, raw, strict=True)))
     if result:
-        for key in RECORDED:
-            if key in result and result[key] is not None:
-                trial.set_user_attr(key, _jsonable(result[key]))
+        set_user_attrs(
+            study,
+            trial,
+            {k: _jsonable(result[k]) for k in RECORDED if k in result and result[k] is not None},
+        )
     if screened_out and error is None and result is not None:
         macs_ratio = result.get("macs_ratio")
         if isinstance(macs_ratio, (int, float)) and math.isfinite(float(macs_ratio)):
@@ -299,8 +301,7 @@ def finish_trial(
         return TrialState.PRUNED
     if values is None:
         failure = error or Failure("exception", "the trial reported no result")
-        for key, value in failure.attrs().items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(study, trial, failure.attrs())
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     trial.set_constraint(CONSTRAINT, values[1] - budget)
@@ -350,6 +351,44 @@ def finish_bracket(
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=float))
+
+
+def set_user_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attrs of a running trial, in one database transaction where possible.
+
+    Optuna writes every user attr in a transaction (a commit) of its own and offers no call for
+    several; a trial's result is a dozen. On a study in an RDB storage (SQLite by default) they
+    are written in one transaction, through the helpers Optuna's own ``set_trial_user_attr``
+    uses; on any other storage, or should those helpers change, one call per attr. A
+    :class:`~autoprune.storage.ReconnectingStorage` keeps its calls one by one, so each is
+    retried on its own across an outage.
+    """
+    if not attrs:
+        return
+    rdb = _rdb_backend(storage_of(study))
+    if rdb is not None:
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    rdb._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial._trial_id, key, value
+                    )
+            trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps
+            return
+        except (ImportError, AttributeError, TypeError):  # another Optuna: one call per attr
+            pass
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _rdb_backend(storage: Any) -> optuna.storages.RDBStorage | None:
+    """The RDB storage under Optuna's caching wrapper (None for any other storage)."""
+    if type(storage).__name__ == "_CachedStorage":  # what a study opened on an RDB storage uses
+        storage = getattr(storage, "_backend", None)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
 
 
 # --------------------------------------------------------------------------- front

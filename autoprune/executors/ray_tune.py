@@ -216,10 +216,14 @@ def policy_searcher(
         # Ray documents Searcher.FINISHED (a str) as a valid answer but types suggest as dict | None.
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             assert self._ot_study is not None
-            if studies.complete_count(self._ot_study) >= config.trials or self._streak.stalled:
-                return Searcher.FINISHED  # full (maybe by other drivers of a shared study)
+            if self._streak.stalled:
+                return Searcher.FINISHED
+            # Tune asks again at every step of its loop while the last brackets run: answered
+            # without reading the study.
             if self._planned <= 0:  # a bracket in flight may still fail and need a successor
                 return None if self._started else Searcher.FINISHED
+            if studies.complete_count(self._ot_study) >= config.trials:
+                return Searcher.FINISHED  # full (maybe by other drivers of a shared study)
             started = time.perf_counter()
             source.study = self._ot_study
             if super().suggest(trial_id) is None:  # samples the first trial with ``source``
