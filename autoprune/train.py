@@ -40,7 +40,8 @@ REGULARIZERS = ("none", "orthogonal")
 # Autocast precision of the fine-tune; "auto": bf16 (or fp16 before Ampere) on CUDA, fp32 else.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Training steps between checks that the loss is finite (each check waits for the GPU).
+# Training steps between checks that the loss is finite on a GPU (each check waits for it); on
+# the CPU the check costs nothing and runs every step, so a diverged fine-tune stops at once.
 _FINITE_CHECK_STEPS = 25
 
 
@@ -296,7 +297,7 @@ def fit(
                 seen += len(labels)
                 loss_sum += loss.detach().float() * len(labels)
                 correct += (logits.detach().argmax(1) == labels).sum()
-                if step % _FINITE_CHECK_STEPS == 0:
+                if device.type != "cuda" or step % _FINITE_CHECK_STEPS == 0:
                     _check_finite(loss_sum, step, total_steps, recipe.lr)
             epoch += 1
             if seen:

@@ -145,7 +145,7 @@ def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_plac
     assert failed.user_attrs["error_kind"] == "nan"
     reason = failed.user_attrs["error"]
     assert reason.startswith("fine-tune diverged: training loss became"), reason
-    step, total = (int(w) for w in reason.split(" at step ")[1].split(" with ")[0].split(" of "))
+    step, total = (int(w) for w in reason.split(" by step ")[1].split(" with ")[0].split(" of "))
     assert step < total, "the fine-tune stopped at the first non-finite loss"
     assert "lower the learning rate" in reason
     # The bracket's other candidate was fine-tuned instead of being screened out.
