@@ -208,19 +208,7 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     timings["project"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scoring = ScoringInputs(
-        calibration=Calibration(
-            splits.calibration,
-            dataset_name=splits.name,
-            num_images=settings.calibration_images or config.calibration_images,
-            batch_size=settings.calibration_batch_size or config.calibration_batch_size,
-            seed=projected.seed,
-        ),
-        device=device,
-        base_sha256=base.sha256,
-        cache=ScoreCache(config.cache_dir()),
-        num_classes=splits.num_classes,
-    )
+    scoring = scoring_inputs(config, settings, splits, base.sha256, device, projected.seed)
     between = None
     if projected.schedule.finetune_between_steps > 0:
         step_config = _train_config(projected, config, projected.schedule.finetune_between_steps)
@@ -266,6 +254,31 @@ def scoring_settings(policy: Policy, config: ObjectiveConfig) -> Scoring:
         calibration_images=recorded.calibration_images or config.calibration_images,
         calibration_batch_size=recorded.calibration_batch_size or config.calibration_batch_size,
         max_rate=recorded.max_rate if recorded.max_rate is not None else config.max_rate,
+    )
+
+
+def scoring_inputs(
+    config: ObjectiveConfig,
+    settings: Scoring,
+    splits: DataSplits,
+    base_sha256: str,
+    device: torch.device,
+    seed: int,
+) -> ScoringInputs:
+    """What data-driven criteria score on: the one construction a trial and the driver's
+    precomputed base scores (:mod:`autoprune.shipping`) share, so their cache keys agree."""
+    return ScoringInputs(
+        calibration=Calibration(
+            splits.calibration,
+            dataset_name=splits.name,
+            num_images=settings.calibration_images or config.calibration_images,
+            batch_size=settings.calibration_batch_size or config.calibration_batch_size,
+            seed=seed,
+        ),
+        device=device,
+        base_sha256=base_sha256,
+        cache=ScoreCache(config.cache_dir()),
+        num_classes=splits.num_classes,
     )
 
 

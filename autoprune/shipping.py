@@ -37,12 +37,17 @@ import torch
 from autoprune import criteria
 from autoprune.base import BaseCheckpoint, is_state_dict, load_base
 from autoprune.criteria.cache import ScoreCache
-from autoprune.criteria.calibration import Calibration
-from autoprune.criteria.context import ScoringContext, ScoringInputs
+from autoprune.criteria.context import ScoringContext
 from autoprune.errors import UserError
 from autoprune.files import read_torch_bytes
 from autoprune.groups import build_graph, current_views
-from autoprune.objective import ObjectiveConfig, install_base, load_inputs, scoring_settings
+from autoprune.objective import (
+    ObjectiveConfig,
+    install_base,
+    load_inputs,
+    scoring_inputs,
+    scoring_settings,
+)
 from autoprune.policy import Policy
 from autoprune.train import select_device
 
@@ -112,18 +117,8 @@ def precompute_base_scores(
     graph = build_graph(model, base.spec.example_inputs())
     policy = Policy(model=base.spec, groups={}, seed=seed)
     settings = scoring_settings(policy, objective)
-    inputs = ScoringInputs(
-        calibration=Calibration(
-            splits.calibration,
-            dataset_name=splits.name,
-            num_images=settings.calibration_images or objective.calibration_images,
-            batch_size=settings.calibration_batch_size or objective.calibration_batch_size,
-            seed=seed,
-        ),
-        device=select_device(objective.device),
-        base_sha256=base.sha256,
-        cache=ScoreCache(objective.cache_dir()),
-        num_classes=splits.num_classes,
+    inputs = scoring_inputs(
+        objective, settings, splits, base.sha256, select_device(objective.device), seed
     )
     ctx = ScoringContext.create(model, graph, policy, inputs)
     views = current_views(model, graph)
