@@ -53,6 +53,39 @@ def _macs_ratio(pruned: object, base: Path) -> float:
     return pruned.macs / base_macs_params(load_base(base))[0]  # type: ignore[attr-defined]
 
 
+def _run_search(
+    base: Path, tmp_path: Path, criteria: list[str], threshold_high: float, *extra: str
+) -> Path:
+    """A local search over a small raw-rate space offering ``criteria``; returns its database."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "schema": "autoprune.space/1",
+                "granularity": "group",
+                "rate": {"low": 0.0, "high": 0.8},
+                "max_rate": 0.85,
+                "criteria": criteria,
+                "criterion_per": "group",
+                "target_macs_ratio": {"low": 0.3, "explore": 0.5},
+                "retrain": {"epochs": [0.05], "lr": {"low": 0.02, "high": 0.1, "log": True}},
+                "iterative_steps": [1],
+                "class_threshold": {"low": 1.0, "high": threshold_high},
+                "depth": {"max_blocks_per_stage": 0},
+            }
+        )
+    )
+    db = tmp_path / "s.db"
+    args = [
+        "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
+        "--space", str(space), "--baselines", "none", "--executor", "local",
+        "--storage", f"sqlite:///{db}", "--study", "t", "--quiet", "--calibration-images", "64",
+        *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return db
+
+
 # --------------------------------------------------------------------------- class threshold
 
 
@@ -107,32 +140,9 @@ def test_a_search_with_a_class_threshold_keeps_every_trial_on_its_target(
     trained_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    space = tmp_path / "threshold.yaml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "schema": "autoprune.space/1",
-                "granularity": "group",
-                "rate": {"low": 0.0, "high": 0.8},
-                "max_rate": 0.85,
-                "criteria": ["class_aware", "l1"],
-                "criterion_per": "group",
-                "target_macs_ratio": {"low": 0.3, "explore": 0.5},
-                "retrain": {"epochs": [0.05], "lr": {"low": 0.02, "high": 0.1, "log": True}},
-                "iterative_steps": [1],
-                "class_threshold": {"low": 1.0, "high": 6.0},
-                "depth": {"max_blocks_per_stage": 0},
-            }
-        )
+    db = _run_search(
+        trained_base, tmp_path, ["class_aware", "l1"], 6.0, "--trials", "3", "--screen", "2"
     )
-    db = tmp_path / "s.db"
-    args = [
-        "search", "--budget-flops", "0.5", "--base-checkpoint", str(trained_base),
-        "--dataset", "mnist5k", "--space", str(space), "--trials", "3", "--screen", "2",
-        "--baselines", "none", "--executor", "local", "--storage", f"sqlite:///{db}",
-        "--study", "t", "--quiet", "--calibration-images", "64",
-    ]  # fmt: skip
-    assert main(args) == 0
     trials = optuna.load_study(study_name="t", storage=f"sqlite:///{db}").get_trials()
     complete = [t for t in trials if t.state is TrialState.COMPLETE]
     assert len(complete) == 3
@@ -192,32 +202,16 @@ def test_exported_front_replays_through_the_cli_to_the_same_channels(
     trained_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    space = tmp_path / "mixed.yaml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "schema": "autoprune.space/1",
-                "granularity": "group",
-                "rate": {"low": 0.0, "high": 0.8},
-                "max_rate": 0.85,
-                "criteria": ["energy", "class_aware", "relevance", "auto"],
-                "criterion_per": "group",
-                "target_macs_ratio": {"low": 0.3},
-                "retrain": {"epochs": [0.05], "lr": {"low": 0.02, "high": 0.1, "log": True}},
-                "iterative_steps": [1],
-                "class_threshold": {"low": 1.0, "high": 4.0},
-                "depth": {"max_blocks_per_stage": 0},
-            }
-        )
+    db = _run_search(
+        trained_base,
+        tmp_path,
+        ["energy", "class_aware", "relevance", "auto"],
+        4.0,
+        "--trials",
+        "2",
+        "--screen",
+        "1",
     )
-    db = tmp_path / "s.db"
-    search = [
-        "search", "--budget-flops", "0.5", "--base-checkpoint", str(trained_base),
-        "--dataset", "mnist5k", "--space", str(space), "--trials", "2", "--screen", "1",
-        "--baselines", "none", "--executor", "local", "--storage", f"sqlite:///{db}",
-        "--study", "t", "--quiet", "--calibration-images", "64",
-    ]  # fmt: skip
-    assert main(search) == 0
     assert main(["export", "t", "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "p")]) == 0
     exported = sorted((tmp_path / "p").glob("trial-*.yaml"))
     assert exported
