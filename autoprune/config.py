@@ -12,6 +12,13 @@ from autoprune.sampler import SAMPLERS
 
 EXECUTORS = ("ray", "local")
 BASELINES = ("default", "all", "none")
+# What the search trades val accuracy against: the study's second (and third) objective.
+OBJECTIVES = {
+    "macs": ["val_accuracy", "macs_ratio"],
+    "latency": ["val_accuracy", "latency_ratio"],
+    "both": ["val_accuracy", "macs_ratio", "latency_ratio"],
+}
+LATENCY_RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -49,6 +56,47 @@ class SearchConfig:
     # Ray: custom resources each trial also asks for, e.g. {"worker_node": 1} so trials run
     # only on nodes started with `ray start --resources '{"worker_node": N}'`; None: none
     resources_per_trial: dict[str, float] | None = None
+    # macs | latency | both: what val accuracy is traded against (see OBJECTIVES). With
+    # latency, the constraint is budget_latency and the front is by latency ratio.
+    objective: str = "macs"
+    # upper bound on the pruned/base median latency ratio (objective latency: required, default
+    # 0.5; both: optional second constraint; macs: unused)
+    budget_latency: float | None = None
+    # the MACs ratio candidates are projected onto; None: budget_flops. With objective latency
+    # it is calibrated once from budget_latency (measured latency of uniform prunings) and
+    # stored, so a resume projects onto the same target.
+    macs_target: float | None = None
+    latency_batch_size: int = 1  # images per timed forward pass
+    latency_repeats: int = 30  # timed forward passes; the median is the trial's latency
+    latency_warmup: int = 5  # untimed forward passes first
+    latency_runtime: str = "torch"  # torch (eager) | onnxruntime (needs the onnx extra)
+    # round every pruned group's kept channels down to a multiple of this (1: any count);
+    # 8 or 16 is what GPU/NPU kernels run fastest on
+    channel_multiple: int = 1
+
+    def metric_names(self) -> list[str]:
+        """The study's objectives, in order: val accuracy first, then what it is traded against."""
+        return list(OBJECTIVES[self.objective])
+
+    def budgets(self) -> dict[str, float]:
+        """The constraints every feasible trial meets: metric name -> largest allowed ratio."""
+        out: dict[str, float] = {}
+        if self.objective in ("macs", "both"):
+            out["macs_ratio"] = self.budget_flops
+        if self.objective != "macs" and self.budget_latency is not None:
+            out["latency_ratio"] = self.budget_latency
+        return out
+
+    def front_metric(self) -> str:
+        """The ratio the front is drawn and the winner picked by (what the budget bounds)."""
+        return "latency_ratio" if self.objective == "latency" else "macs_ratio"
+
+    def target(self) -> float:
+        """The MACs ratio candidates at the budget are projected onto."""
+        return self.macs_target if self.macs_target is not None else self.budget_flops
+
+    def measures_latency(self) -> bool:
+        return self.objective != "macs"
 
     def validate(self) -> None:
         if not 0.0 < self.budget_flops <= 1.0:
@@ -91,6 +139,45 @@ class SearchConfig:
             raise UserError(f"--image-size {self.image_size} must be >= 1 (pixels a side)")
         if self.resources_per_trial is not None:
             check_resources(self.resources_per_trial)
+        self._validate_objective()
+
+    def _validate_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UserError(
+                f"--objective '{self.objective}' is unknown; allowed: {', '.join(OBJECTIVES)}"
+            )
+        if self.objective == "latency" and self.budget_latency is None:
+            self.budget_latency = 0.5
+        if self.budget_latency is not None:
+            if self.objective == "macs":
+                raise UserError(
+                    "--budget-latency bounds the latency ratio, which --objective macs does not "
+                    "measure: add --objective latency (or both), or drop --budget-latency"
+                )
+            if not 0.0 < self.budget_latency <= 1.0:
+                raise UserError(
+                    f"--budget-latency {self.budget_latency} is outside (0, 1]: it is the pruned "
+                    "model's share of the base model's median latency, e.g. 0.6"
+                )
+        if self.latency_batch_size < 1:
+            raise UserError(f"--latency-batch-size {self.latency_batch_size} must be >= 1")
+        if self.latency_repeats < 3:
+            raise UserError(
+                f"--latency-repeats {self.latency_repeats} must be >= 3 (the median of the "
+                "timed runs is the latency)"
+            )
+        if self.latency_warmup < 0:
+            raise UserError(f"--latency-warmup {self.latency_warmup} must be >= 0")
+        if self.latency_runtime not in LATENCY_RUNTIMES:
+            raise UserError(
+                f"--latency-runtime '{self.latency_runtime}' is unknown; allowed: "
+                f"{', '.join(LATENCY_RUNTIMES)}"
+            )
+        if not 1 <= self.channel_multiple <= 256:
+            raise UserError(
+                f"--channel-multiple {self.channel_multiple} must be in [1, 256] (e.g. 8): kept "
+                "channels of every pruned group are rounded to a multiple of it"
+            )
 
     def _validate_data_path(self) -> None:
         from autoprune.train import PRECISIONS

@@ -32,7 +32,7 @@ class Progress:
         self,
         total: int,
         done: int,
-        budget: float,
+        budget: float | dict[str, float],
         quiet: bool = False,
         stream: TextIO | None = None,
     ) -> None:
@@ -40,7 +40,9 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
-        self.total, self.start_done, self.budget = total, done, budget
+        self.total, self.start_done = total, done
+        # Largest allowed ratio per budgeted metric (a number: the MACs ratio's).
+        self.budgets = {"macs_ratio": budget} if isinstance(budget, (int, float)) else dict(budget)
         self.started = time.perf_counter()
         self.best: float | None = None
         self.failed = 0
@@ -93,7 +95,9 @@ class Progress:
             self.failed += 1
         elif state == "PRUNED":
             self.screened += 1
-        elif result and result.get("macs_ratio", 2.0) <= self.budget:
+        elif result and all(
+            float(result.get(metric, 2.0)) <= bound for metric, bound in self.budgets.items()
+        ):
             acc = float(result["val_accuracy"])
             self.best = acc if self.best is None else max(self.best, acc)
         new = done - self.start_done
@@ -129,6 +133,8 @@ def trial_line(
     parts = [f"trial {number if number is not None else '?'} {label}"]
     parts.append(f"val acc {_number(result.get('val_accuracy'), 4)}")
     parts.append(f"MACs {_number(result.get('macs_ratio'), 3)}")
+    if result.get("latency_ratio") is not None:
+        parts.append(f"latency {_number(result.get('latency_ratio'), 3)}")
     if state == "PRUNED":
         parts.append(f"proxy acc {_number(result.get('proxy_accuracy'), 4)}")
     return " ".join(parts)

@@ -133,7 +133,7 @@ def search(
     refill = not baselines_only
     if missing > 0:
         with (
-            Progress(config.trials, done, config.budget_flops, quiet=quiet) as progress,
+            Progress(config.trials, done, config.budgets(), quiet=quiet) as progress,
             raise_if_lost(storage),  # a database gone for good stops the search with one line
         ):
             if config.executor == "local":

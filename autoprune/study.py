@@ -1,7 +1,10 @@
 """Studies in SQL storage: open/create, stale-trial recovery, recording results, the Pareto front.
 
 Every search is an Optuna study with directions ``[maximize val_accuracy, minimize macs_ratio]``
-and the FLOPs budget as a constraint (``macs_ratio - budget <= 0``). Each COMPLETE trial carries
+and the FLOPs budget as a constraint (``macs_ratio - budget <= 0``); with ``--objective latency``
+the second objective and the constraint are the latency ratio instead, and with ``both`` the
+study has three objectives (val accuracy, MACs ratio, latency ratio). The objectives are named
+(``study.set_metric_names``), so Optuna's own tools show ``val_accuracy`` and ``macs_ratio``. Each COMPLETE trial carries
 the **applied** policy (after budget projection and criterion selection) as the user attr
 ``policy``, so what is exported is exactly what was measured. The search config is stored on
 the study (user attr ``autoprune.config``) so ``autoprune resume NAME`` needs only the name.
@@ -22,7 +25,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.config import SearchConfig
+from autoprune.config import OBJECTIVES, SearchConfig
 from autoprune.data import canonical_name
 from autoprune.errors import UserError
 from autoprune.failures import Failure, non_finite
@@ -32,13 +35,15 @@ from autoprune.storage import ReconnectingStorage
 from autoprune.storage import engine_kwargs as server_engine_kwargs
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
-METRIC_NAMES = ["val_accuracy", "macs_ratio"]
+METRIC_NAMES = ["val_accuracy", "macs_ratio"]  # the default objective's (``--objective macs``)
 CONFIG_ATTR = "autoprune.config"
 DRIVER_ATTR = "autoprune.driver"
 BASELINE_ATTR = "autoprune.baseline"  # set on a baseline trial: its name, e.g. "uniform-l1"
 RETRY_ATTR = "autoprune.retry_of"  # set on a re-enqueued trial: the number of the one it retries
 EXPLORE_ATTR = "autoprune.explore"  # set on a retry: whether the original sampled its target
 CONSTRAINT = "macs_budget"
+# The constraint each budgeted ratio is stored under (Optuna's ``set_constraint`` key).
+CONSTRAINTS = {"macs_ratio": CONSTRAINT, "latency_ratio": "latency_budget"}
 # A policy within this much of the budget is "at the budget" (the projection's tolerance).
 AT_BUDGET = 0.01
 
@@ -111,9 +116,11 @@ def create_or_load(
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         directions = [d.name.lower() for d in study.directions]
-        if directions != DIRECTIONS:
+        wanted = directions_for(config.objective)
+        if directions != wanted:
             raise UserError(
-                f"study '{name}' exists with directions {directions}, not {DIRECTIONS}: it is not an autoprune study; "
+                f"study '{name}' exists with directions {directions}, not {wanted} (--objective "
+                f"{config.objective}): it is another objective's study or not an autoprune study; "
                 "choose another --study name"
             )
         stored = study.user_attrs.get(CONFIG_ATTR)
@@ -121,12 +128,56 @@ def create_or_load(
             _check_same_search(name, SearchConfig.from_dict(stored), config)
         return study
     study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        directions=directions_for(config.objective),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(METRIC_NAMES)
+        study.set_metric_names(config.metric_names())
     return study
+
+
+def directions_for(objective: str) -> list[Literal["maximize", "minimize"]]:
+    """Maximize val accuracy, minimize every ratio it is traded against."""
+    minimize: list[Literal["maximize", "minimize"]] = ["minimize"]
+    return ["maximize", *minimize * (len(OBJECTIVES[objective]) - 1)]
+
+
+def metric_names(study: optuna.Study) -> list[str]:
+    """The study's objective names (``val_accuracy``, ``macs_ratio``, maybe ``latency_ratio``)."""
+    names = getattr(study, "_autoprune_metric_names", None)
+    if names is None:
+        names = study.metric_names or METRIC_NAMES
+        study._autoprune_metric_names = names  # type: ignore[attr-defined]
+    return list(names)
+
+
+def search_config(study: optuna.Study) -> SearchConfig:
+    """The stored search's config (defaults for a study autoprune did not create)."""
+    return SearchConfig.from_dict(study.user_attrs.get(CONFIG_ATTR) or {})
+
+
+def objective_of(study: optuna.Study) -> str:
+    """``macs``, ``latency`` or ``both``: what the study trades val accuracy against."""
+    return str((study.user_attrs.get(CONFIG_ATTR) or {}).get("objective", "macs"))
+
+
+def front_metric(study: optuna.Study) -> str:
+    """The ratio the study's budget bounds, its front is ordered by and its winner picked by."""
+    return "latency_ratio" if objective_of(study) == "latency" else "macs_ratio"
+
+
+def trial_metric(trial: FrozenTrial, name: str) -> float | None:
+    """A finished trial's ``val_accuracy``, ``macs_ratio``, ``latency_ratio`` or
+    ``params_ratio`` (None when it has none, e.g. no latency measured)."""
+    if name == "val_accuracy":
+        return float(trial.values[0]) if trial.values else None
+    value = trial.user_attrs.get(name)
+    if value is None and name == "macs_ratio" and trial.values and len(trial.values) == 2:
+        value = trial.values[1]  # studies from before the ratio was stored as a user attr
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _check_same_search(name: str, stored: SearchConfig, config: SearchConfig) -> None:
@@ -267,26 +318,32 @@ def finish_trial(
     study: optuna.Study,
     trial: optuna.Trial,
     result: dict[str, Any] | None,
-    budget: float,
+    budget: float | dict[str, float],
     error: Failure | None = None,
 ) -> TrialState:
     """Record one trial's outcome: constraint + user attrs + tell. Never leaves it RUNNING.
+
+    ``budget`` is the largest allowed MACs ratio, or one bound per budgeted ratio
+    (:meth:`~autoprune.config.SearchConfig.budgets`); each becomes a constraint. The values
+    told are the study's objectives (:func:`metric_names`), read from the result.
 
     A result with ``finetuned: False`` was screened out by the proxy: it is told PRUNED with
     its proxy and MACs stored. Missing or non-finite metrics and failures (``error``, or one
     the worker reported) become FAIL with the reason in user attrs ``error`` and
     ``error_kind`` (see :mod:`autoprune.failures`).
     """
+    budgets = {"macs_ratio": budget} if isinstance(budget, (int, float)) else dict(budget)
+    names = metric_names(study)
     values = None
     if result and error is None and "error" in result:
         error = Failure.from_report(result)  # the worker caught it around this candidate
     screened_out = result is not None and result.get("finetuned") is False and error is None
     if result and error is None and not screened_out:
-        raw = [result.get(m) for m in METRIC_NAMES]
+        raw = [result.get(m) for m in names]
         if all(isinstance(v, (int, float)) and math.isfinite(float(v)) for v in raw):
             values = [float(v) for v in raw]  # type: ignore[arg-type]
         else:
-            error = non_finite(dict(zip(METRIC_NAMES, raw, strict=True)))
+            error = non_finite(dict(zip(names, raw, strict=True)))
     if result:
         set_user_attrs(
             study,
@@ -294,9 +351,7 @@ def finish_trial(
             {k: _jsonable(result[k]) for k in RECORDED if k in result and result[k] is not None},
         )
     if screened_out and error is None and result is not None:
-        macs_ratio = result.get("macs_ratio")
-        if isinstance(macs_ratio, (int, float)) and math.isfinite(float(macs_ratio)):
-            trial.set_constraint(CONSTRAINT, float(macs_ratio) - budget)
+        _set_constraints(trial, result, budgets)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
     if values is None:
@@ -304,9 +359,19 @@ def finish_trial(
         set_user_attrs(study, trial, failure.attrs())
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    trial.set_constraint(CONSTRAINT, values[1] - budget)
+    _set_constraints(trial, result or {}, budgets)
     study.tell(trial, values)
     return TrialState.COMPLETE
+
+
+def _set_constraints(
+    trial: optuna.Trial, result: dict[str, Any], budgets: dict[str, float]
+) -> None:
+    """One constraint per budgeted ratio the result measured (feasible when <= 0)."""
+    for metric, bound in budgets.items():
+        value = result.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            trial.set_constraint(CONSTRAINTS[metric], float(value) - bound)
 
 
 # What a trial stores of its result (user attrs), besides its values.
@@ -314,6 +379,8 @@ RECORDED = (
     "policy", "timings", "params_ratio", "macs", "params", "val_loss", "counters", "macs_ratio",
     "proxy_accuracy", "proxy_loss", "bracket", "wall", "overhead",
     "node_id", "node_ip",  # the Ray node the trial ran on (Ray executor only)
+    # --objective latency|both: median ms of the pruned and the base model, their ratio, where
+    "latency_ms", "base_latency_ms", "latency_ratio", "latency_device",
 )  # fmt: skip
 
 
@@ -321,7 +388,7 @@ def finish_bracket(
     study: optuna.Study,
     trials: list[optuna.Trial],
     results: list[dict[str, Any] | None],
-    budget: float,
+    budget: float | dict[str, float],
     wall: float,
     error: Failure | None = None,
 ) -> list[TrialState]:
@@ -401,10 +468,19 @@ class FrontPoint:
     macs_ratio: float
     params_ratio: float
     policy: Policy
+    latency_ratio: float | None = None  # pruned/base median latency (latency objectives only)
+    latency_ms: float | None = None  # the pruned model's median latency on the trial's device
+    front_metric: str = "macs_ratio"  # the ratio the study's budget bounds
+
+    def ratio(self, metric: str | None = None) -> float:
+        """``macs_ratio`` or ``latency_ratio`` (default: the budgeted one); NaN when unmeasured."""
+        value = getattr(self, metric or self.front_metric)
+        return float("nan") if value is None else float(value)
 
 
 def pareto_front(study: optuna.Study) -> list[FrontPoint]:
-    """The feasible Pareto front, by ascending MACs ratio."""
+    """The feasible Pareto front, by ascending budgeted ratio (MACs, or latency)."""
+    metric = front_metric(study)
     points = []
     for t in study.best_trials:
         if "policy" not in t.user_attrs:
@@ -413,31 +489,36 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
             FrontPoint(
                 number=t.number,
                 val_accuracy=float(t.values[0]),
-                macs_ratio=float(t.values[1]),
+                macs_ratio=trial_metric(t, "macs_ratio") or float("nan"),
                 params_ratio=float(t.user_attrs.get("params_ratio", float("nan"))),
                 policy=Policy.from_dict(t.user_attrs["policy"], source=f"trial {t.number}"),
+                latency_ratio=trial_metric(t, "latency_ratio"),
+                latency_ms=trial_metric(t, "latency_ms"),
+                front_metric=metric,
             )
         )
-    return sorted(points, key=lambda p: (p.macs_ratio, -p.val_accuracy))
+    return sorted(points, key=lambda p: (p.ratio(), -p.val_accuracy))
 
 
 def winner(front: list[FrontPoint], budget: float | None = None) -> FrontPoint:
     """The best policy at the budget: the highest val accuracy among front points within
-    :data:`AT_BUDGET` of ``budget`` (ties: lower MACs); the whole front's best when no point is
-    that close, or when no budget is given.
+    :data:`AT_BUDGET` of ``budget`` in the budgeted ratio (ties: the lower ratio); the whole
+    front's best when no point is that close, or when no budget is given.
     """
     if not front:
         raise UserError(
-            "the study has no feasible completed trial yet: run more trials or raise --budget-flops"
+            "the study has no feasible completed trial yet: run more trials or raise the budget "
+            "(--budget-flops, or --budget-latency)"
         )
-    near = [p for p in front if budget is not None and p.macs_ratio >= budget - AT_BUDGET]
-    return max(near or front, key=lambda p: (p.val_accuracy, -p.macs_ratio))
+    near = [p for p in front if budget is not None and p.ratio() >= budget - AT_BUDGET]
+    return max(near or front, key=lambda p: (p.val_accuracy, -p.ratio()))
 
 
 def study_budget(study: optuna.Study) -> float | None:
-    """The stored search's ``--budget-flops`` (None for a study autoprune did not create)."""
+    """The stored search's budget on its budgeted ratio: ``--budget-flops``, or with
+    ``--objective latency`` ``--budget-latency`` (None for a study autoprune did not create)."""
     raw = study.user_attrs.get(CONFIG_ATTR) or {}
-    budget = raw.get("budget_flops")
+    budget = raw.get("budget_latency" if front_metric(study) == "latency_ratio" else "budget_flops")
     return float(budget) if isinstance(budget, (int, float)) else None
 
 
@@ -457,13 +538,16 @@ def waiting_baselines(study: optuna.Study) -> list[FrozenTrial]:
 
 def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
     """The best feasible non-baseline COMPLETE trial at the budget (None when there is none)."""
+    metric = front_metric(study)
     rows = [
-        t
+        (t, ratio)
         for t in completed_trials(study)
         if not t.user_attrs.get(BASELINE_ATTR)
-        and budget - AT_BUDGET <= t.values[1] <= budget + 1e-9
+        and (ratio := trial_metric(t, metric)) is not None
+        and budget - AT_BUDGET <= ratio <= budget + 1e-9
     ]
-    return max(rows, key=lambda t: (t.values[0], -t.values[1]), default=None)
+    best = max(rows, key=lambda row: (row[0].values[0], -row[1]), default=None)
+    return best[0] if best else None
 
 
 def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
@@ -552,7 +636,8 @@ class StudySummary:
     """A row of ``autoprune studies``."""
 
     name: str
-    budget: float | None  # the stored search's --budget-flops (None: not an autoprune search)
+    budget: float | None  # the stored search's budget on its budgeted ratio (None: not autoprune's)
+    objective: str  # macs | latency | both
     complete: int
     failed: int
     running: int
@@ -574,7 +659,8 @@ def summaries(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
         rows.append(
             StudySummary(
                 name=summary.study_name,
-                budget=study.user_attrs.get(CONFIG_ATTR, {}).get("budget_flops"),
+                budget=study_budget(study),
+                objective=objective_of(study),
                 complete=counts[TrialState.COMPLETE],
                 failed=counts[TrialState.FAIL],
                 running=counts[TrialState.RUNNING],

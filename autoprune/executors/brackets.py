@@ -112,7 +112,7 @@ def record(
     else:
         reports = list(candidates)
     states = studies.finish_bracket(
-        study, trials, reports, config.budget_flops, time.perf_counter() - started, error
+        study, trials, reports, config.budgets(), time.perf_counter() - started, error
     )
     if progress is not None:
         done = studies.complete_count(study)

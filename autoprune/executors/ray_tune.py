@@ -292,8 +292,8 @@ def policy_searcher(
     return PolicySearch(
         progress,
         space=source,
-        metric=list(studies.METRIC_NAMES),
-        mode=["max", "min"],
+        metric=config.metric_names(),
+        mode=["max"] + ["min"] * (len(config.metric_names()) - 1),
         sampler=study.sampler,
         seed=config.seed,
         study_name=study.study_name,
