@@ -46,6 +46,10 @@ def project_to_budget(
 ) -> Policy:
     """Scale the policy's rates so the pruned model's MACs ratio lands on its target.
 
+    With ``policy.channel_multiple`` > 1 every group keeps a multiple of it (or all its
+    channels): the scaling, the walk and the refinement move in those steps, so the target is
+    met by allowed channel counts only (coarser steps can leave a larger gap under it).
+
     Args:
         policy: raw rates per group and ``target_macs_ratio``; without a target the policy is
             returned unchanged.
@@ -88,13 +92,21 @@ def project_to_budget(
         else 0.0
         for n in names
     ]
+    multiple = policy.channel_multiple
     caps = [
-        max(
-            0,
-            min(
-                c - 1,
-                int((max_rate.get(n, 0.9) if isinstance(max_rate, dict) else max_rate) * c + 1e-9),
+        allowed_removal(
+            max(
+                0,
+                min(
+                    c - 1,
+                    int(
+                        (max_rate.get(n, 0.9) if isinstance(max_rate, dict) else max_rate) * c
+                        + 1e-9
+                    ),
+                ),
             ),
+            c,
+            multiple,
         )
         for n, c in zip(names, channels, strict=True)
     ]
@@ -108,7 +120,7 @@ def project_to_budget(
     as_written = removed_counts(policy, mm)
     if nothing_removed <= wanted:
         removed = [0] * len(names)
-    elif _already_projected(mm, as_written, caps, raw, target, wanted):
+    elif _already_projected(mm, as_written, caps, raw, target, wanted, multiple):
         # A policy this function produced (e.g. an exported, applied policy being replayed) is
         # a fixed point: rescaling it could move channels between groups for no gain.
         removed = as_written
@@ -121,7 +133,7 @@ def project_to_budget(
 
         def counts(scale: float) -> list[int]:
             return [
-                min(cap, int(scale * r * c + 1e-9))
+                allowed_removal(min(cap, int(scale * r * c + 1e-9)), c, multiple)
                 for r, c, cap in zip(raw, channels, caps, strict=True)
             ]
 
@@ -144,20 +156,22 @@ def project_to_budget(
             else:
                 hi = mid
         removed = counts(lo)
-        # Walk one channel at a time in the order the scaling would reach them.
+        # Walk one step (a channel, or a multiple's worth) at a time in the order the scaling
+        # would reach them.
         while mm.ratio(removed) > target:
-            best, best_scale = -1, float("inf")
+            best, best_scale, best_next = -1, float("inf"), 0
             for i, (r, c, cap) in enumerate(zip(raw, channels, caps, strict=True)):
-                if r > 0 and removed[i] < cap:
-                    next_scale = (removed[i] + 1) / (r * c)
+                nxt = next_removal(removed[i], c, multiple)
+                if r > 0 and nxt is not None and nxt <= cap:
+                    next_scale = nxt / (r * c)
                     if next_scale < best_scale:
-                        best, best_scale = i, next_scale
+                        best, best_scale, best_next = i, next_scale, nxt
             if best < 0:  # unreachable in principle: the cap check above guarantees progress
                 raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
-            removed[best] += 1
+            removed[best] = best_next
         # Only groups the policy prunes may take channels: a rate of 0 means "leave it alone".
         open_caps = [cap if r > 0 else 0 for r, cap in zip(raw, caps, strict=True)]
-        removed = refine(mm, removed, open_caps, target)
+        removed = refine(mm, removed, open_caps, target, multiple)
         achieved = mm.ratio(removed)
         if wanted - achieved > DEFAULT_TOLERANCE:
             raise UserError(
@@ -185,16 +199,23 @@ def _already_projected(
     raw: list[float],
     target: float,
     wanted: float,
+    multiple: int = 1,
 ) -> bool:
     """Whether the rates as written already meet what a projection guarantees."""
     if any(n > cap or (n > 0 and r == 0) for n, cap, r in zip(removed, caps, raw, strict=True)):
+        return False
+    if any(allowed_removal(n, c, multiple) != n for n, c in zip(removed, mm.channels, strict=True)):
         return False
     achieved = mm.ratio(removed)
     return achieved <= target and wanted - achieved <= DEFAULT_TOLERANCE
 
 
-def refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) -> list[int]:
+def refine(
+    mm: MacsModel, removed: list[int], caps: list[int], target: float, multiple: int = 1
+) -> list[int]:
     """Close the gap to ``target`` from below by giving one channel back, or trading one for one.
+
+    With ``multiple`` > 1 a move is one allowed count down (or up), see :func:`allowed_removal`.
 
     One channel of a wide residual stream can carry several percent of a small model's MACs,
     so the walk may stop well under the target. Each round takes the single move (one channel
@@ -207,16 +228,22 @@ def refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) ->
         if target - current <= REFINE_GAP:
             break
         best, best_ratio = None, current
+        channels = mm.channels
         for i in range(len(removed)):
             if removed[i] == 0:
                 continue
+            back = previous_removal(removed[i], channels[i], multiple)
             for j in [None, *range(len(removed))]:
                 if j == i or (j is not None and removed[j] >= caps[j]):
                     continue
+                more = next_removal(removed[j], channels[j], multiple) if j is not None else None
+                if j is not None and (more is None or more > caps[j]):
+                    continue
                 trial = list(removed)
-                trial[i] -= 1
+                trial[i] = back
                 if j is not None:
-                    trial[j] += 1
+                    assert more is not None
+                    trial[j] = more
                 r = mm.ratio(trial)
                 if best_ratio < r <= target:
                     best, best_ratio = trial, r
@@ -224,6 +251,28 @@ def refine(mm: MacsModel, removed: list[int], caps: list[int], target: float) ->
             break
         removed, current = best, best_ratio
     return removed
+
+
+def allowed_removal(n: int, channels: int, multiple: int) -> int:
+    """The most channels, at most ``n``, a group of ``channels`` may lose so that what it keeps
+    is a multiple of ``multiple`` (0 when no such removal exists)."""
+    if multiple <= 1 or n <= 0:
+        return max(n, 0)
+    kept = -(-(channels - n) // multiple) * multiple  # kept rounded up: remove no more than n
+    return channels - kept if kept < channels else 0
+
+
+def next_removal(n: int, channels: int, multiple: int) -> int | None:
+    """The smallest allowed removal above ``n`` (None when the group cannot lose more)."""
+    if multiple <= 1:
+        return n + 1 if n + 1 < channels else None
+    kept = (channels - n - 1) // multiple * multiple
+    return channels - kept if kept >= multiple else None
+
+
+def previous_removal(n: int, channels: int, multiple: int) -> int:
+    """The largest allowed removal below ``n`` (``n`` > 0)."""
+    return allowed_removal(n - 1, channels, multiple)
 
 
 def removed_counts(policy: Policy, macs_model: MacsModel) -> list[int]:

@@ -33,6 +33,7 @@ from autoprune.data import DataSplits
 from autoprune.errors import UserError
 from autoprune.failures import Failure, classify
 from autoprune.files import studies_dir
+from autoprune.latency import Latency, LatencySettings, measure
 from autoprune.macs import count_macs_params
 from autoprune.policy import BaseRef, Policy, Scoring
 from autoprune.train import TrainConfig, evaluate, fit, recalibrate_batchnorm, select_device
@@ -65,6 +66,8 @@ class ObjectiveConfig:
     # Set on Ray workers: the base is the one installed in this process under this hash
     # (sent by the driver, see autoprune.shipping), never read from ``base_checkpoint``.
     base_sha256: str | None = None
+    # --objective latency|both: time every fine-tuned model against its base (None: don't)
+    latency: LatencySettings | None = None
 
     def cache_dir(self) -> Path:
         return Path(self.score_cache) if self.score_cache else studies_dir() / "cache" / "scores"
@@ -85,6 +88,7 @@ class Metrics:
     counters: dict[str, int] = field(default_factory=dict)  # e.g. calibration passes
     proxy: Proxy | None = None  # the adaptive-BN proxy, when it was measured
     finetuned: bool = True  # False: screened out by the proxy (val metrics are NaN)
+    latency: Latency | None = None  # median latency against the base's, when asked for
 
 
 @dataclass
@@ -452,19 +456,34 @@ def _finish(
     t0 = time.perf_counter()
     val = evaluate(pruned.model, pruned.splits.val, pruned.device)
     pruned.timings["evaluate"] = time.perf_counter() - t0
+    latency = None
+    if config.latency is not None:
+        t0 = time.perf_counter()
+        latency = measure(
+            pruned.model,
+            pruned.base.build(),
+            tuple(pruned.base.spec.input_shape),
+            pruned.device,
+            config.latency,
+        )
+        pruned.timings["latency"] = time.perf_counter() - t0
     # The sum of the phases, not the time since ``start``: in a bracket other candidates were
     # screened in between, and each second must be counted once.
     pruned.timings["total"] = sum(pruned.timings.values())
-    return _metrics(pruned, proxy, val)
+    return _metrics(pruned, proxy, val, latency)
 
 
-def _metrics(pruned: Pruned, proxy: Proxy | None, val: Any) -> Metrics:
+def _metrics(
+    pruned: Pruned, proxy: Proxy | None, val: Any, latency: Latency | None = None
+) -> Metrics:
     base_macs, base_params = base_macs_params(pruned.base)
     macs_ratio = pruned.macs / base_macs
     params_ratio = pruned.params / base_params
     measured = {"macs_ratio": round(macs_ratio, 6), "params_ratio": round(params_ratio, 6)}
     if val is not None:
         measured = {"val_accuracy": round(val.accuracy, 6), **measured}
+    if latency is not None:
+        measured["latency_ratio"] = round(latency.ratio, 6)
     return Metrics(
         val_accuracy=val.accuracy if val is not None else float("nan"),
         val_loss=val.loss if val is not None else float("nan"),
@@ -477,4 +496,5 @@ def _metrics(pruned: Pruned, proxy: Proxy | None, val: Any) -> Metrics:
         counters=pruned.counters,
         proxy=proxy,
         finetuned=val is not None,
+        latency=latency,
     )

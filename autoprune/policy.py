@@ -110,6 +110,9 @@ class Policy:
     model: ModelSpec
     groups: dict[str, GroupPolicy]
     target_macs_ratio: float | None = None  # None: apply the rates as written
+    # every pruned group keeps a multiple of this many channels (a group it would leave with
+    # fewer keeps all); 8 or 16 is what GPU/NPU kernels run fastest on. 1: any count
+    channel_multiple: int = 1
     base: BaseRef = field(default_factory=BaseRef)
     depth: Depth = field(default_factory=Depth)
     class_aware: ClassAware = field(default_factory=ClassAware)
@@ -131,6 +134,8 @@ class Policy:
             out["base"] = {k: v for k, v in vars(self.base).items() if v is not None}
         if self.target_macs_ratio is not None:
             out["target_macs_ratio"] = self.target_macs_ratio
+        if self.channel_multiple != 1:
+            out["channel_multiple"] = self.channel_multiple
         groups: dict[str, Any] = {}
         for name, g in self.groups.items():
             entry: dict[str, Any] = {"rate": g.rate, "criterion": g.criterion}
@@ -188,6 +193,7 @@ class Policy:
             "model",
             "base",
             "target_macs_ratio",
+            "channel_multiple",
             "groups",
             "depth",
             "class_aware",
@@ -243,6 +249,9 @@ class Policy:
             model=model,
             groups=groups,
             target_macs_ratio=target,
+            channel_multiple=_integer(
+                raw.get("channel_multiple", 1), f"{source}: channel_multiple"
+            ),
             base=_section(BaseRef, raw.get("base"), f"{source}: base"),
             depth=_section(Depth, raw.get("depth"), f"{source}: depth"),
             class_aware=_section(ClassAware, raw.get("class_aware"), f"{source}: class_aware"),
@@ -263,6 +272,10 @@ class Policy:
                 f"{source}: schedule.iterative_steps = {self.schedule.iterative_steps} must be >= 1"
             )
         self.retrain.validate(f"{source}: retrain")
+        if not 1 <= self.channel_multiple <= 256:
+            raise UserError(
+                f"{source}: channel_multiple = {self.channel_multiple} must be in [1, 256] (e.g. 8)"
+            )
         la = self.loss_aware
         if (
             not isinstance(la.pool, list)

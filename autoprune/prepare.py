@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from autoprune import depth
 from autoprune.base import (
     DEFAULT_DATASET,
@@ -25,9 +27,13 @@ from autoprune.config import SearchConfig
 from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
 from autoprune.files import studies_dir
-from autoprune.objective import ObjectiveConfig, load_splits
+from autoprune.groups import build_graph, current_groups
+from autoprune.latency import LatencySettings, calibrate
+from autoprune.objective import ObjectiveConfig, load_splits, prune_policy
+from autoprune.policy import GroupPolicy, Policy
 from autoprune.priors import compute_priors
 from autoprune.space import SearchSpace, SpaceContext, build_context
+from autoprune.train import select_device
 
 Log = Callable[[str], Any]
 
@@ -79,10 +85,12 @@ def space_context(
     study of this base measured them before).
     """
     ranking = block_ranking(base, config) if space.max_blocks_per_stage > 0 else {}
-    ctx = build_context(base, config.budget_flops, config.seed, ranking)
+    ctx = build_context(base, config.target(), config.seed, ranking)
+    ctx.channel_multiple = config.channel_multiple
     if space.priors:
+        # Raw rates: budget projection rounds them to --channel-multiple like any policy's.
         ctx.priors = compute_priors(
-            space.priors, objective, config.budget_flops, space.max_rate, log=log
+            space.priors, objective, config.target(), space.max_rate, log=log
         )
     return ctx
 
@@ -101,4 +109,61 @@ def objective_config(config: SearchConfig, space: SearchSpace) -> ObjectiveConfi
         max_rate=space.max_rate,
         calibration_images=config.calibration_images,
         score_cache=str((studies_dir() / "cache" / "scores").resolve()),
+        latency=latency_settings(config) if config.measures_latency() else None,
     )
+
+
+def latency_settings(config: SearchConfig) -> LatencySettings:
+    return LatencySettings(
+        batch_size=config.latency_batch_size,
+        repeats=config.latency_repeats,
+        warmup=config.latency_warmup,
+        runtime=config.latency_runtime,
+    )
+
+
+def latency_macs_target(
+    config: SearchConfig,
+    space: SearchSpace,
+    base: BaseCheckpoint,
+    stored: SearchConfig | None,
+    log: Log = print,
+) -> float:
+    """The MACs ratio a latency search projects candidates onto (see :mod:`autoprune.latency`).
+
+    A study that calibrated for this latency budget before keeps its target, so a resumed or
+    re-run search projects onto the same MACs ratio; otherwise uniform L1 prunings of the base
+    are timed on this (the driver's) device. Each trial still times itself on its own device,
+    and that measurement is what the constraint and the front use.
+    """
+    if (
+        stored is not None
+        and stored.macs_target is not None
+        and stored.objective == config.objective
+        and stored.budget_latency == config.budget_latency
+    ):
+        return stored.macs_target
+    assert config.budget_latency is not None
+    objective = objective_config(config, space)
+    model = base.build()
+    names = list(current_groups(model, build_graph(model, base.spec.example_inputs())))
+
+    def prune_uniform(ratio: float) -> nn.Module:
+        policy = Policy(
+            model=base.spec,
+            groups={g: GroupPolicy(rate=0.5, criterion="l1") for g in names},
+            target_macs_ratio=ratio,
+            channel_multiple=config.channel_multiple,
+        )
+        return prune_policy(objective, policy).model
+
+    calibration = calibrate(
+        prune_uniform,
+        base.build(),
+        tuple(base.spec.input_shape),
+        select_device(config.device),
+        latency_settings(config),
+        config.budget_latency,
+        log,
+    )
+    return calibration.macs_target

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autoprune import depth
-from autoprune.budget import SAFETY_MARGIN, refine
+from autoprune.budget import SAFETY_MARGIN, allowed_removal, next_removal, refine
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
 from autoprune.groups import (
@@ -112,9 +112,13 @@ def apply(
     groups = current_groups(model, graph)
     policy.validate_against(policy.model, list(groups))
     base_channels = {name: len(g[0].idxs) for name, g in groups.items()}
+    multiple = policy.channel_multiple
     todo = {
         name: removal_schedule(
-            channels_to_remove(gp.rate, base_channels[name]), policy.schedule.iterative_steps
+            allowed_removal(
+                channels_to_remove(gp.rate, base_channels[name]), base_channels[name], multiple
+            ),
+            policy.schedule.iterative_steps,
         )
         for name, gp in policy.groups.items()
     }
@@ -174,7 +178,12 @@ def apply(
                         counts[name] = n_below
             elif target is None:
                 # No budget to keep: the threshold caps the rates as written.
-                counts.update({n: min(counts[n], b) for n, b in below.items()})
+                counts.update(
+                    {
+                        n: allowed_removal(min(counts[n], b), views[n].channels, multiple)
+                        for n, b in below.items()
+                    }
+                )
             else:
                 assert base_macs is not None
                 counts = _keep_budget(
@@ -187,6 +196,7 @@ def apply(
                     base_channels,
                     ctx.counters,
                     policy.scoring.max_rate if policy.scoring.max_rate is not None else 0.9,
+                    multiple,
                 )
         # Prune in a fixed (policy) order; groups are independent so the order does not change
         # which channels go, only the order of entries in the history.
@@ -231,8 +241,11 @@ def _keep_budget(
     base_channels: dict[str, int],
     counters: dict[str, int],
     max_rate: float,
+    multiple: int = 1,
 ) -> dict[str, int]:
     """Removal counts of the last step that honour the class threshold and keep the MACs target.
+
+    With ``multiple`` > 1 every count leaves a multiple of it (see ``budget.allowed_removal``).
 
     The rule: the threshold decides which channels are candidates, the budget how many go. A
     class-aware group loses at most its channels below the threshold; the channels it is spared
@@ -250,14 +263,23 @@ def _keep_budget(
         if planned[names.index(n)] == 0:
             caps.append(0)  # only groups this step prunes take channels
         elif n in below:
-            caps.append(min(below[n], current - 1))
+            caps.append(allowed_removal(min(below[n], current - 1), current, multiple))
         else:
             already = base_channels[n] - current
-            caps.append(max(0, min(current - 1, int(max_rate * base_channels[n] + 1e-9) - already)))
-    removed = [min(p, c) for p, c in zip(planned, caps, strict=True)]
+            cap = max(0, min(current - 1, int(max_rate * base_channels[n] + 1e-9) - already))
+            caps.append(allowed_removal(cap, current, multiple))
+    removed = [
+        allowed_removal(min(p, c), current, multiple)
+        for p, c, current in zip(planned, caps, mm.channels, strict=True)
+    ]
     aim = target - SAFETY_MARGIN
+
+    def step_up(i: int) -> int | None:
+        nxt = next_removal(removed[i], mm.channels[i], multiple)
+        return nxt if nxt is not None and nxt <= caps[i] else None
+
     while mm.ratio(removed) > aim:
-        open_groups = [i for i in range(len(names)) if removed[i] < caps[i]]
+        open_groups = [i for i in range(len(names)) if step_up(i) is not None]
         if not open_groups:
             overridden = sum(max(0, counts[n] - b) for n, b in below.items())
             counters["class_threshold_overridden"] = (
@@ -265,8 +287,8 @@ def _keep_budget(
             )
             return counts
         best = min(open_groups, key=lambda i: ((removed[i] + 1) / planned[i], i))
-        removed[best] += 1
-    removed = refine(mm, removed, caps, aim)
+        removed[best] = step_up(best) or removed[best] + 1
+    removed = refine(mm, removed, caps, aim, multiple)
     spared = sum(max(0, counts[n] - b) for n, b in below.items())
     counters["class_threshold_spared"] = counters.get("class_threshold_spared", 0) + spared
     return {n: removed[names.index(n)] for n in counts}

@@ -79,7 +79,8 @@ def search(
         )
     config = replace(config, dataset=canonical_name(config.dataset))
     space = SearchSpace.load(config.space)
-    space.check_budget(config.budget_flops)
+    if config.objective != "latency":  # a latency search's MACs target is calibrated below
+        space.check_budget(config.target())
     sampler = make_sampler(config.sampler, config.seed, config.trials, config.max_concurrent > 1)
     storage = studies.open_storage(config.storage)
     base = prepare.resolve_base(config, log)
@@ -92,6 +93,10 @@ def search(
     if config.data_root:
         config = replace(config, data_root=str(Path(config.data_root).resolve()))
     name = studies.study_name_for(config)
+    if config.objective == "latency" and config.macs_target is None:
+        stored = studies.stored_config(storage, name, config)
+        target = prepare.latency_macs_target(config, space, base, stored, log)
+        config = replace(config, macs_target=target)  # explore brackets sample below it
     study = studies.create_or_load(storage, name, config, sampler)
     existing = studies.trial_count(study)
     if existing:

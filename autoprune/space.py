@@ -380,6 +380,7 @@ class SearchSpace:
             model=ctx.spec,
             groups=groups,
             target_macs_ratio=float(params.get("target_macs_ratio", ctx.budget)),
+            channel_multiple=ctx.channel_multiple,
             base=ctx.base,
             depth=Depth(drop_blocks=dropped),
             class_aware=ClassAware(
@@ -409,6 +410,7 @@ class SpaceContext:
     base: Any = None  # BaseRef of the policies
     seed: int = 0
     priors: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> group -> rate
+    channel_multiple: int = 1  # --channel-multiple: pruned groups keep a multiple of it
 
     def rate_units(self, granularity: str) -> list[str]:
         if granularity == "group":

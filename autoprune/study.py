@@ -101,9 +101,13 @@ def study_name_for(config: SearchConfig) -> str:
     dataset = config.dataset
     if dataset.startswith("imagefolder:"):  # the folder's name, not its whole absolute path
         dataset = "imagefolder-" + Path(dataset.split(":", 1)[1]).name
-    return f"{config.model}-{dataset}-{space}-b{config.budget_flops:g}".replace("/", "_").replace(
-        ":", "_"
-    )
+    budget = {
+        "macs": f"b{config.budget_flops:g}",
+        "latency": f"lat{config.budget_latency or 0.5:g}",
+        "both": f"b{config.budget_flops:g}-lat"
+        + (f"{config.budget_latency:g}" if config.budget_latency is not None else ""),
+    }[config.objective]
+    return f"{config.model}-{dataset}-{space}-{budget}".replace("/", "_").replace(":", "_")
 
 
 def create_or_load(
@@ -115,14 +119,7 @@ def create_or_load(
     }
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        directions = [d.name.lower() for d in study.directions]
-        wanted = directions_for(config.objective)
-        if directions != wanted:
-            raise UserError(
-                f"study '{name}' exists with directions {directions}, not {wanted} (--objective "
-                f"{config.objective}): it is another objective's study or not an autoprune study; "
-                "choose another --study name"
-            )
+        _check_directions(study, config)
         stored = study.user_attrs.get(CONFIG_ATTR)
         if stored is not None:
             _check_same_search(name, SearchConfig.from_dict(stored), config)
@@ -137,6 +134,17 @@ def create_or_load(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(config.metric_names())
     return study
+
+
+def _check_directions(study: optuna.Study, config: SearchConfig) -> None:
+    directions = [d.name.lower() for d in study.directions]
+    wanted = directions_for(config.objective)
+    if directions != wanted:
+        raise UserError(
+            f"study '{study.study_name}' exists with directions {directions}, not {wanted} "
+            f"(--objective {config.objective}): it is another objective's study or not an "
+            "autoprune study; choose another --study name"
+        )
 
 
 def directions_for(objective: str) -> list[Literal["maximize", "minimize"]]:
@@ -206,6 +214,22 @@ def load_config(storage: optuna.storages.BaseStorage, name: str) -> SearchConfig
             f"study '{name}' has no stored autoprune config: it was not created by `autoprune search`"
         )
     return SearchConfig.from_dict(raw)
+
+
+def stored_config(
+    storage: optuna.storages.BaseStorage, name: str, config: SearchConfig
+) -> SearchConfig | None:
+    """The config stored on study ``name`` (None when there is no such study, or it stores
+    none), after checking the study's directions fit ``config``'s objective."""
+    existing = {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
+    if name not in existing:
+        return None
+    study = optuna.load_study(study_name=name, storage=storage)
+    _check_directions(study, config)
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    return SearchConfig.from_dict(raw) if raw else None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -594,7 +618,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else float("nan")
 
 
-PHASES = ("load", "project", "score", "prune", "screen", "finetune", "evaluate")
+PHASES = ("load", "project", "score", "prune", "screen", "finetune", "evaluate", "latency")
 
 
 def timing_summary(study: optuna.Study) -> list[tuple[str, float, float, float]]:

@@ -32,6 +32,16 @@ def encode(metrics: Metrics) -> dict[str, Any]:
         "finetuned": metrics.finetuned,
         "proxy_accuracy": metrics.proxy.accuracy if metrics.proxy else None,
         "proxy_loss": metrics.proxy.loss if metrics.proxy else None,
+        **(
+            {
+                "latency_ms": metrics.latency.ms,
+                "base_latency_ms": metrics.latency.base_ms,
+                "latency_ratio": metrics.latency.ratio,
+                "latency_device": metrics.latency.device,
+            }
+            if metrics.latency is not None
+            else {}
+        ),
     }
 
 
