@@ -37,21 +37,26 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         ) from exc
 
 
+# The attribute by which a block declares whether it adds its input to its output: our CIFAR
+# ResNets, our MobileNetV2, and timm's MobileNet/EfficientNet family (InvertedResidual,
+# DepthwiseSeparableConv, EdgeResidual, ...).
+_SHORTCUT_FLAGS = ("has_identity_shortcut", "use_residual", "has_skip")
+
+
 def _is_block(module: nn.Module) -> bool:
-    """CIFAR ResNet and MobileNetV2 blocks declare their shortcut; torchvision's are known by type."""
-    return (
-        hasattr(module, "has_identity_shortcut")
-        or hasattr(module, "use_residual")
-        or type(module).__name__ in ("BasicBlock", "Bottleneck")
+    """Blocks that declare their shortcut, and ResNet blocks (torchvision's, timm's) by type."""
+    return any(hasattr(module, flag) for flag in _SHORTCUT_FLAGS) or type(module).__name__ in (
+        "BasicBlock",
+        "Bottleneck",
     )
 
 
 def _has_identity_shortcut(block: nn.Module) -> bool:
-    if hasattr(block, "has_identity_shortcut"):
-        return bool(block.has_identity_shortcut)
-    if hasattr(block, "use_residual"):
-        return bool(block.use_residual)
-    return getattr(block, "downsample", "x") is None  # torchvision BasicBlock / Bottleneck
+    for flag in _SHORTCUT_FLAGS:
+        if hasattr(block, flag):
+            return bool(getattr(block, flag))
+    # torchvision's and timm's BasicBlock / Bottleneck: identity when there is no downsample.
+    return getattr(block, "downsample", "x") is None
 
 
 def residual_blocks(model: nn.Module) -> list[str]:
@@ -82,9 +87,10 @@ def _block_io(
 def removable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     """Names of residual blocks with identity shortcuts whose input and output shapes match.
 
-    A block is residual when it declares ``has_identity_shortcut`` (CIFAR ResNets) or
-    ``use_residual`` (MobileNetV2), or is a torchvision ``BasicBlock``/``Bottleneck``
-    (identity when it has no downsample branch).
+    A block is residual when it declares ``has_identity_shortcut`` (CIFAR ResNets),
+    ``use_residual`` (MobileNetV2) or ``has_skip`` (timm's MobileNets and EfficientNets), or is
+    a torchvision or timm ``BasicBlock``/``Bottleneck`` (identity when it has no downsample
+    branch). A model may have none: the list is then empty.
     """
     candidates = [
         n for n in residual_blocks(model) if _has_identity_shortcut(model.get_submodule(n))
@@ -145,7 +151,8 @@ def block_scores(
     if not names:
         raise UserError(
             f"{type(model).__name__} has no residual blocks to score: depth pruning needs a ResNet- "
-            "or MobileNetV2-style model"
+            "or MobileNet-style model (ours, torchvision's or timm's); search this model with "
+            "depth.max_blocks_per_stage: 0"
         )
     pooled, inputs, labels = _pooled_block_outputs(model, names, batches)
     n = len(labels)

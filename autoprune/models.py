@@ -7,17 +7,20 @@ Models are created by a self-explaining name::
     >>> "resnet20" in models.available()
     True
 
-Three kinds of names are understood:
+Four kinds of names are understood:
 
 * registered CIFAR-style networks (``resnet20/32/56/110``, ``vgg16_bn``, ``mobilenetv2``),
   defined in :mod:`autoprune.architectures` because torchvision has no CIFAR variants;
 * ``tv:NAME`` for any torchvision classification model (``tv:resnet18``), built without weights;
+* ``timm:NAME`` for a timm architecture (``timm:resnet18``, ``timm:mobilenetv3_small_050``),
+  built without weights by ``timm.create_model``; timm is the optional extra ``timm``;
 * ``package.module:factory`` for a user model: the factory is called with the keyword
   arguments ``num_classes`` and ``in_channels`` it accepts.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -84,6 +87,14 @@ def describe() -> list[tuple[str, str]]:
     ]
     rows.append(("tv:NAME", "any torchvision classification model, e.g. tv:resnet18 (no weights)"))
     rows.append(
+        (
+            "timm:NAME",
+            # No brackets: the CLI's table reads "[timm]" as markup and would drop it.
+            "a timm architecture, e.g. timm:resnet18 or timm:mobilenetv3_small_050 "
+            "(no weights; needs the optional extra 'timm')",
+        )
+    )
+    rows.append(
         ("package.module:factory", "your own model: factory(num_classes=..., in_channels=...)")
     )
     return rows
@@ -93,7 +104,7 @@ def create(name: str, num_classes: int | None = None, in_channels: int | None = 
     """Build a model by name.
 
     Args:
-        name: a registered name, ``tv:NAME`` or ``package.module:factory``.
+        name: a registered name, ``tv:NAME``, ``timm:NAME`` or ``package.module:factory``.
         num_classes: classifier outputs; ``None`` keeps the model's default.
         in_channels: input channels; ``None`` keeps the model's default (3).
 
@@ -110,6 +121,8 @@ def create(name: str, num_classes: int | None = None, in_channels: int | None = 
         return _REGISTRY[name].factory(**kwargs)
     if name.startswith("tv:"):
         return _create_torchvision(name[3:], kwargs)
+    if name.startswith(TIMM_PREFIX):
+        return _create_timm(name[len(TIMM_PREFIX) :], kwargs)
     return _create_user(name, kwargs)
 
 
@@ -119,12 +132,15 @@ def check_name(name: str) -> None:
         return
     if name.startswith("tv:"):
         _check_torchvision(name[3:])
+    elif name.startswith(TIMM_PREFIX):
+        _check_timm(name[len(TIMM_PREFIX) :])
     elif ":" in name:
         _user_factory(name)
     else:
         raise UserError(
             f"unknown model '{name}': choose one of {', '.join(available())}, "
-            "a torchvision model as 'tv:NAME', or your own as 'package.module:factory'"
+            "a torchvision model as 'tv:NAME', a timm model as 'timm:NAME', "
+            "or your own as 'package.module:factory'"
         )
 
 
@@ -138,6 +154,63 @@ def _check_torchvision(arch: str) -> None:
             f"{', '.join(n for n in ('resnet18', 'resnet50', 'mobilenet_v2', 'vgg16_bn') if n in names)} "
             "(see torchvision.models.list_models())"
         )
+
+
+TIMM_PREFIX = "timm:"
+TIMM_INSTALL = "pip install 'autoprune[timm]'"
+
+
+def _import_timm(arch: str) -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise UserError(
+            f"model 'timm:{arch}' needs the timm package, which is not installed: {TIMM_INSTALL}"
+        ) from exc
+    return timm
+
+
+def _check_timm(arch: str) -> None:
+    """Accept a bare timm architecture name; pretrained tags and hub names would imply weights."""
+    timm = _import_timm(arch)
+    names = timm.list_models()
+    if arch in names:
+        return
+    base, dot, tag = arch.partition(".")
+    if dot and base in names:
+        raise UserError(
+            f"model 'timm:{arch}': '.{tag}' names pretrained weights, which autoprune never "
+            f"loads (models are trained by `autoprune train`); use 'timm:{base}'"
+        )
+    if ":" in arch or "/" in arch:
+        raise UserError(
+            f"model 'timm:{arch}' is not a timm architecture name: hub models would be "
+            "downloaded; use a name from timm.list_models(), e.g. 'timm:resnet18'"
+        )
+    close = _close_timm_names(timm, arch, names) or ["resnet18", "mobilenetv3_small_050"]
+    raise UserError(
+        f"unknown timm model 'timm:{arch}': choose an architecture of timm.list_models(), "
+        f"e.g. {', '.join(f'timm:{n}' for n in close)}"
+    )
+
+
+def _close_timm_names(timm: Any, arch: str, names: list[str]) -> list[str]:
+    """Up to five timm names close to ``arch``: same family first, then by spelling."""
+    family = arch.rstrip("0123456789_").split("_")[0]
+    same_family = timm.list_models(f"*{family}*") if len(family) >= 3 else []
+    close = difflib.get_close_matches(arch, same_family, n=5, cutoff=0.5)
+    close += [n for n in difflib.get_close_matches(arch, names, n=5) if n not in close]
+    return close[:5]
+
+
+def _create_timm(arch: str, kwargs: dict[str, int]) -> nn.Module:
+    _check_timm(arch)
+    timm = _import_timm(arch)
+    in_channels = kwargs.pop("in_channels", None)
+    if in_channels is not None:
+        kwargs["in_chans"] = in_channels  # timm's name for the input channels
+    model: nn.Module = timm.create_model(arch, pretrained=False, **kwargs)
+    return model
 
 
 def _user_factory(spec: str) -> Any:
@@ -224,7 +297,7 @@ def _create_user(spec: str, kwargs: dict[str, int]) -> nn.Module:
 class ModelSpec:
     """Everything needed to rebuild a model's base architecture (stored in checkpoints/policies)."""
 
-    name: str  # registry name, tv:NAME or package.module:factory
+    name: str  # registry name, tv:NAME, timm:NAME or package.module:factory
     num_classes: int
     input_shape: tuple[int, int, int]  # (channels, height, width)
 

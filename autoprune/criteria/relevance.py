@@ -15,7 +15,11 @@ operands, doubling the total at every residual addition. zennit ships a fix only
 torchvision's ResNet blocks (``ResNetCanonizer``); here every tensor addition is rewritten
 generically with ``torch.fx`` into zennit's ``Sum`` module, which the ``Norm`` rule splits
 proportionally. Models that ``torch.fx`` cannot trace are explained without the rewrite (a
-warning says so); their residual additions then duplicate relevance.
+warning says so); their residual additions then duplicate relevance. The trace keeps every
+layer, normalisation and activation module whole, subclasses included (timm's
+``BatchNormAct2d`` is a ``BatchNorm2d`` with its activation inside): ``torch.fx`` would
+otherwise inline such modules from other libraries into functional calls, where neither
+zennit's rules nor the channel taps' hooks see them, and their channels would get no relevance.
 
 What was verified (``tests/test_criteria_papers.py``): with the rewrite, the total relevance
 at every map of ResNet-20's residual stream stays 1 per image to within 4e-3 (without it, the
@@ -41,12 +45,29 @@ from torch import fx, nn
 
 from autoprune.criteria import Criterion, register
 from autoprune.criteria.context import ScoringContext
-from autoprune.criteria.taps import ChannelTaps
-from autoprune.groups import GroupView
+from autoprune.criteria.taps import ACTIVATIONS, ChannelTaps
+from autoprune.groups import BATCH_NORMS, GroupView
 from autoprune.modes import model_mode
 
 ALPHA, BETA = 2.0, 1.0
 _ADDS = (operator.add, operator.iadd, torch.add)
+# Modules the trace must keep whole (see the module docstring): what zennit's rules and the
+# channel taps hook.
+_WHOLE: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    *BATCH_NORMS,
+    *ACTIVATIONS,
+)
+
+
+class _WholeModuleTracer(fx.Tracer):
+    """``torch.fx`` tracer that does not trace into layers, norms and activations (subclasses too)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _WHOLE) or super().is_leaf_module(m, module_qualified_name)
 
 
 def lrp_composite() -> Any:
@@ -73,7 +94,9 @@ def canonize_residual_adds(model: nn.Module, example: torch.Tensor) -> tuple[nn.
     from zennit.layer import Sum
 
     try:
-        traced = fx.symbolic_trace(model)
+        tracer = _WholeModuleTracer()
+        graph = tracer.trace(model)
+        traced = fx.GraphModule(tracer.root, graph, type(model).__name__)
         with torch.no_grad():
             ShapeProp(traced).propagate(example)
     except Exception as exc:  # tracing user models can fail in many ways

@@ -37,6 +37,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Hardtanh,
     nn.Softplus,
     nn.Sigmoid,
+    nn.Hardsigmoid,  # squeeze-and-excitation gates (timm's MobileNetV3)
     nn.Tanh,
 )
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
