@@ -54,6 +54,15 @@ def _add_policies_dir_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table (default), or json / yaml for scripts: the same data, on stdout only",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune",
@@ -98,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="score residual blocks by PLS-VIP (discriminative layer pruning)",
     )
     p.add_argument("--calibration-images", type=int, default=256)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_format_arg(p)
+    # --json: what --format json was called before; kept for scripts, hidden from --help
+    p.add_argument(
+        "--json", dest="format", action="store_const", const="json", help=argparse.SUPPRESS
+    )
     _add_data_args(p)
 
     p = sub.add_parser("search", help="search pruning policies under a MACs budget (resumable)")
@@ -107,6 +120,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="max pruned/base MACs ratio, in (0, 1] (default 0.5)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("macs", "latency", "both"),
+        help="what val accuracy is traded against: the MACs ratio (default), the measured "
+        "latency ratio on the trial's device, or both (three objectives)",
+    )
+    p.add_argument(
+        "--budget-latency",
+        type=float,
+        metavar="R",
+        help="max pruned/base median latency ratio, in (0, 1] (--objective latency: the "
+        "budget, default 0.5; both: an optional second constraint)",
+    )
+    p.add_argument(
+        "--latency-batch-size", type=int, metavar="N", help="images per timed pass (default 1)"
+    )
+    p.add_argument(
+        "--latency-repeats",
+        type=int,
+        metavar="N",
+        help="timed passes, the median is the latency (default 30)",
+    )
+    p.add_argument("--latency-warmup", type=int, metavar="N", help="untimed passes (default 5)")
+    p.add_argument(
+        "--latency-runtime",
+        choices=("torch", "onnxruntime"),
+        help="time PyTorch eager (default) or ONNX Runtime (needs the onnx extra)",
+    )
+    p.add_argument(
+        "--channel-multiple",
+        type=int,
+        metavar="N",
+        help="every pruned group keeps a multiple of N channels, e.g. 8 for GPU/NPU kernels "
+        "(default 1: any count)",
     )
     p.add_argument("--model", help="model of the base checkpoint (default resnet20)")
     p.add_argument("--dataset", help="dataset (default mnist5k)")
@@ -181,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("studies", help="list studies with trial counts")
     p.add_argument("--storage")
+    _add_format_arg(p)
 
     p = sub.add_parser(
         "show",
@@ -191,11 +240,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timing", action="store_true", help="median seconds per phase and framework overhead"
     )
+    _add_format_arg(p)
+    p.add_argument(
+        "--policies-dir",
+        metavar="DIR",
+        help="where the front's policies are exported (DIR/NAME/; default policies): "
+        "--format json/yaml name each point's file there and say whether it exists",
+    )
+
+    p = sub.add_parser(
+        "plot",
+        help="plot a study's trials, front, budget, baselines and base model (PNG + offline HTML)",
+    )
+    p.add_argument("name")
+    p.add_argument("--storage")
+    p.add_argument(
+        "--out", metavar="DIR", help="folder for front.png and front.html (default policies/NAME)"
+    )
+
+    p = sub.add_parser(
+        "dashboard", help="browse the studies with optuna-dashboard (needs the dashboard extra)"
+    )
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autoprune.db)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
 
     p = sub.add_parser("export", help="write a study's Pareto-front policies as YAML files")
     p.add_argument("name")
     p.add_argument("--storage")
     p.add_argument("--out", help="folder (default policies/NAME)")
+    p.add_argument(
+        "--format",
+        choices=("yaml", "nni", "torch-pruning", "channels"),
+        default="yaml",
+        help="also write each policy's view for another tool next to its YAML: nni (NNI 3.0 "
+        "config_list), torch-pruning (MetaPruner pruning_ratio_dict), channels (timm pruned-model "
+        "layer shapes); default yaml: the policies only",
+    )
 
     p = sub.add_parser("replay", help="policy -> pruned, fine-tuned checkpoint with test accuracy")
     p.add_argument("policy", nargs="?", help="policy YAML file")

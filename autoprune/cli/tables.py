@@ -1,8 +1,11 @@
-"""How verbs show results on the terminal: rich tables, and the Pareto-front table."""
+"""How verbs show results on the terminal: rich tables drawn from the reports' dicts.
+
+Every table here is ``--format table`` of a report in :mod:`.reports`: it draws only what the
+report holds, so the JSON and YAML forms of a verb say the same.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,109 +30,115 @@ def print_table(
     Console(width=200).print(table)
 
 
-def print_front(study_obj: Any, title: str) -> None:
-    """A study's feasible Pareto front, one row per point, with the criteria each policy uses."""
-    from autoprune.study import pareto_front
+LABELS = {"macs_ratio": "MACs ratio", "latency_ratio": "latency ratio"}
 
-    front = pareto_front(study_obj)
-    if not front:
+
+def print_study(study_obj: Any, name: str) -> None:
+    """The ``show`` table of a study (what ``search``, ``resume`` and ``baselines`` end with)."""
+    from autoprune.cli.reports import study_report
+
+    study_table(study_report(study_obj))
+
+
+def study_table(report: dict[str, Any]) -> None:
+    """``show``: the front, the baselines, the winner at the budget, the proxy, the failures
+    (and ``--timing``), drawn from :func:`~autoprune.cli.reports.study_report`'s dict."""
+    from autoprune.plots import criteria_text
+    from autoprune.study import AT_BUDGET
+
+    latency = report["measures_latency"]
+    counts = report["trials"]
+    front_table(
+        report["front"],
+        latency,
+        f"feasible Pareto front of '{report['study']}' ({counts['complete']} fine-tuned trials, "
+        f"{counts['screened_out']} screened out)",
+    )
+    if report["baselines"]:
+        print_table(
+            ["baseline", "trial", "val acc", "MACs ratio"]
+            + (["latency ratio"] if latency else [])
+            + ["proxy acc", "criteria"],
+            [
+                (
+                    b["name"],
+                    b["trial"],
+                    _number(b["val_accuracy"]),
+                    _number(b["macs_ratio"]),
+                    *([_number(b["latency_ratio"])] if latency else []),
+                    _number(b["proxy_accuracy"]),
+                    criteria_text(b["criteria"]),
+                )
+                for b in report["baselines"]
+            ],
+            title="baselines (at the budget; the space's first fine-tune epochs at its middle lr)",
+        )
+    best = report["winner"]
+    if best is not None:
+        metric = report["front_metric"]
+        line = (
+            f"winner at the budget {report['budget']:g}: trial {best['trial']}, val acc "
+            f"{best['val_accuracy']:.4f}, {LABELS[metric]} {_number(best[metric])}"
+            + ("" if best["at_budget"] else f" (no trial within {AT_BUDGET} of the budget)")
+        )
+        top = report["best_baseline"]
+        if top is not None:
+            line += f"; best baseline {top['name']} {top['val_accuracy']:.4f}"
+        searched = report["best_searched"]
+        if searched is not None:
+            line += f"; best searched trial {searched['trial']} {searched['val_accuracy']:.4f}"
+        print(line)
+    rho = report["proxy_spearman"]
+    if rho is not None:
+        print(
+            "adaptive-BN proxy vs fine-tuned val accuracy at the budget: Spearman "
+            f"{_number(rho['rho'], 3)} over {rho['trials']} trials"
+        )
+    failures_table(report["failed_trials"])
+    if "timing" in report:
+        timing_table(report["timing"])
+
+
+def front_table(points: list[dict[str, Any]], latency: bool, title: str) -> None:
+    """A study's feasible Pareto front, one row per point, with the criteria each policy uses."""
+    from autoprune.plots import criteria_text
+
+    if not points:
         print("no feasible completed trial yet: the Pareto front is empty")
         return
-    from autoprune.study import BASELINE_ATTR
-
-    names = {
-        t.number: t.user_attrs.get(BASELINE_ATTR) or "searched"
-        for t in study_obj.get_trials(deepcopy=False)
-    }
-    rows = []
-    for p in front:
-        rows.append(
-            (
-                p.number,
-                names.get(p.number, "searched"),
-                f"{p.val_accuracy:.4f}",
-                f"{p.macs_ratio:.4f}",
-                f"{p.params_ratio:.4f}",
-                _criteria_text(p.policy),
-                len(p.policy.depth.drop_blocks),
-            )
-        )
     print_table(
-        ["trial", "source", "val acc", "MACs ratio", "params ratio", "criteria", "blocks dropped"],
-        rows,
+        ["trial", "source", "val acc", "MACs ratio"]
+        + (["latency ratio", "latency ms"] if latency else [])
+        + ["params ratio", "criteria", "blocks dropped"],
+        [
+            (
+                p["trial"],
+                p["source"],
+                _number(p["val_accuracy"]),
+                _number(p["macs_ratio"]),
+                *([_number(p["latency_ratio"]), _number(p["latency_ms"], 3)] if latency else []),
+                _number(p["params_ratio"]),
+                criteria_text(p["criteria"]),
+                len(p["blocks_dropped"]),
+            )
+            for p in points
+        ],
         title=title,
     )
 
 
-def _criteria_text(policy: Any) -> str:
-    crits = Counter(g.criterion for g in policy.groups.values())
-    return " ".join(f"{c}x{n}" for c, n in crits.most_common())
-
-
-def print_study(study_obj: Any, name: str) -> None:
-    """What ``show`` prints: the front, the baselines, the winner at the budget, the proxy."""
-    from optuna.trial import TrialState
-
-    from autoprune import study as studies
-    from autoprune.policy import Policy
-
-    complete = studies.complete_count(study_obj)
-    screened = len(study_obj.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-    print_front(
-        study_obj,
-        f"feasible Pareto front of '{name}' ({complete} fine-tuned trials, {screened} screened out)",
-    )
-    budget = studies.study_budget(study_obj)
-    base = studies.baseline_trials(study_obj)
-    if base:
-        print_table(
-            ["baseline", "trial", "val acc", "MACs ratio", "proxy acc", "criteria"],
-            [
-                (
-                    t.user_attrs[studies.BASELINE_ATTR],
-                    t.number,
-                    f"{t.values[0]:.4f}",
-                    f"{t.values[1]:.4f}",
-                    _proxy_text(t),
-                    _criteria_text(Policy.from_dict(t.user_attrs["policy"])),
-                )
-                for t in base
-                if "policy" in t.user_attrs
-            ],
-            title="baselines (at the budget; the space's first fine-tune epochs at its middle lr)",
-        )
-    front = studies.pareto_front(study_obj)
-    if front and budget is not None:
-        best = studies.winner(front, budget)
-        searched = studies.best_searched(study_obj, budget)
-        near = best.macs_ratio >= budget - studies.AT_BUDGET
-        line = (
-            f"winner at the budget {budget:g}: trial {best.number}, val acc {best.val_accuracy:.4f}, "
-            f"MACs ratio {best.macs_ratio:.4f}"
-            + ("" if near else f" (no trial within {studies.AT_BUDGET} of the budget)")
-        )
-        if base:
-            top = max(base, key=lambda t: t.values[0])
-            line += f"; best baseline {top.user_attrs[studies.BASELINE_ATTR]} {top.values[0]:.4f}"
-        if searched is not None:
-            line += f"; best searched trial {searched.number} {searched.values[0]:.4f}"
-        print(line)
-    rho = studies.proxy_spearman(study_obj)
-    if rho is not None:
-        print(
-            f"adaptive-BN proxy vs fine-tuned val accuracy at the budget: Spearman {rho[0]:.3f} over {rho[1]} trials"
-        )
-    print_failures(study_obj)
+def _number(value: float | None, digits: int = 4) -> str:
+    """A metric in a table: ``-`` when unmeasured, ``nan`` when undefined."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
 
 
 FAILURES_SHOWN = 10  # the latest failed trials ``show`` lists; older ones are counted
 
 
-def print_failures(study_obj: Any) -> None:
+def failures_table(failed: list[dict[str, Any]]) -> None:
     """The study's failed trials, latest last: number, kind and the reason's first line."""
-    from optuna.trial import TrialState
-
-    failed = study_obj.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     if not failed:
         return
     shown = failed[-FAILURES_SHOWN:]
@@ -138,41 +147,82 @@ def print_failures(study_obj: Any) -> None:
         title += f", the latest {len(shown)}"
     print_table(
         ["trial", "kind", "reason"],
-        [
-            (
-                t.number,
-                t.user_attrs.get("error_kind", "-"),
-                _first_line(str(t.user_attrs.get("error", "no reason stored")), 200),
-            )
-            for t in shown
-        ],
+        [(f["trial"], f["kind"] or "-", _shorten(f["reason"], 200)) for f in shown],
         title=title,
     )
 
 
-def _first_line(text: str, chars: int) -> str:
-    line = (text.strip().splitlines() or [""])[0]
+def _shorten(line: str, chars: int) -> str:
     return line if len(line) <= chars else line[: chars - 3] + "..."
 
 
-def _proxy_text(trial: Any) -> str:
-    value = trial.user_attrs.get("proxy_accuracy")
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-
-def print_timing(study_obj: Any) -> None:
+def timing_table(rows: list[dict[str, Any]]) -> None:
     """``show --timing``: median seconds per bracket for each phase, and shares of wall time."""
-    from autoprune import study as studies
-
-    rows = studies.timing_summary(study_obj)
     if not rows:
         print("no timed trials yet (studies made before per-phase timing have none)")
         return
     print_table(
         ["phase", "median s", "median share %", "total share %"],
         [
-            (phase, f"{median:.2f}", f"{100 * share:.1f}", f"{100 * total:.1f}")
-            for phase, median, share, total in rows
+            (
+                r["phase"],
+                f"{r['median_s']:.2f}",
+                f"{100 * r['median_share']:.1f}",
+                f"{100 * r['total_share']:.1f}",
+            )
+            for r in rows
         ],
         title="time per fine-tuned trial (screened candidates included); overhead = wall - phases",
+    )
+
+
+def studies_table(rows: list[dict[str, Any]]) -> None:
+    """``studies``: one row per study, from :func:`~autoprune.cli.reports.studies_report`."""
+    print_table(
+        ["study", "objective", "budget", "complete", "failed", "running", "front"],
+        [
+            (
+                r["name"],
+                r["objective"],
+                "" if r["budget"] is None else f"{r['budget']:g}",
+                r["complete"],
+                r["failed"],
+                r["running"],
+                r["front"],
+            )
+            for r in rows
+        ],
+        title="studies",
+    )
+
+
+def groups_table(report: dict[str, Any]) -> None:
+    """``inspect``: the model's prunable DepGraph groups."""
+    groups = report["groups"]
+    model = report["model"]
+    print_table(
+        ["group (root module)", "channels", "MACs share %", "layers"],
+        [
+            (g["name"], g["channels"], f"{100 * g['macs_share']:.1f}", len(g["layers"]))
+            for g in groups
+        ],
+        title=f"{model['name']} {list(model['input_shape'])}: {len(groups)} prunable groups, "
+        f"{report['macs'] / 1e6:.2f}M MACs, {report['params'] / 1e6:.3f}M params",
+    )
+
+
+def blocks_table(report: dict[str, Any]) -> None:
+    """``inspect --blocks``: each residual block's PLS-VIP score."""
+    print_table(
+        ["block", "VIP score", "removable", "MACs share %"],
+        [
+            (
+                b["name"],
+                f"{b['score']:.4f}",
+                "yes" if b["removable"] else "no",
+                f"{100 * b['macs_share']:.2f}",
+            )
+            for b in report["blocks"]
+        ],
+        title=f"residual blocks of {report['model']['name']} scored by PLS-VIP on {report['dataset']}",
     )

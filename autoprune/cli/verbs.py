@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from autoprune.cli.tables import print_study, print_table, print_timing
+from autoprune.cli.tables import print_study, print_table
 from autoprune.errors import UserError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -104,9 +104,9 @@ def _set_threads(threads: int | None) -> None:
 
 @verb("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import json
-
     from autoprune import data, models
+    from autoprune.cli.reports import groups_report, render
+    from autoprune.cli.tables import groups_table
     from autoprune.groups import discover_groups
     from autoprune.macs import count_macs_params
 
@@ -132,34 +132,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     inputs = spec.example_inputs()
     macs, params = count_macs_params(model, inputs)
     groups = discover_groups(model, inputs)
-    if args.json:
-        payload = {
-            "model": spec.to_dict(),
-            "macs": macs,
-            "params": params,
-            "groups": [
-                {
-                    "name": g.name,
-                    "channels": g.channels,
-                    "macs_share": round(g.macs_share, 6),
-                    "layers": g.layers,
-                }
-                for g in groups
-            ],
-        }
-        print(json.dumps(payload, indent=2))
-        return 0
-    rows = [(g.name, g.channels, f"{100 * g.macs_share:.1f}", len(g.layers)) for g in groups]
-    print_table(
-        ["group (root module)", "channels", "MACs share %", "layers"],
-        rows,
-        title=f"{spec.name} {list(spec.input_shape)}: {len(groups)} prunable groups, {macs / 1e6:.2f}M MACs, {params / 1e6:.3f}M params",
-    )
+    render(groups_report(spec, macs, params, groups), args.format, groups_table)
     return 0
 
 
 def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> int:
     from autoprune import data, depth
+    from autoprune.cli.reports import blocks_report, render
+    from autoprune.cli.tables import blocks_table
     from autoprune.criteria.calibration import Calibration
 
     dataset = args.dataset
@@ -178,14 +158,7 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
     splits = data.create(dataset, root=args.data_root, image_size=image_size)
     calibration = Calibration(splits.calibration, splits.name, num_images=args.calibration_images)
     rows = depth.block_scores(model, calibration.batches(), num_classes=splits.num_classes)  # type: ignore[arg-type]
-    print_table(
-        ["block", "VIP score", "removable", "MACs share %"],
-        [
-            (r.name, f"{r.score:.4f}", "yes" if r.removable else "no", f"{100 * r.macs_share:.2f}")
-            for r in rows
-        ],
-        title=f"residual blocks of {getattr(spec, 'name', '')} scored by PLS-VIP on {splits.name}",
-    )
+    render(blocks_report(spec, splits.name, rows), args.format, blocks_table)
     return 0
 
 
@@ -199,7 +172,8 @@ def _search_config(args: argparse.Namespace) -> object:
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
         "device", "calibration_images", "screen", "baselines", "image_size", "max_failures",
-        "precision", "loader_workers",
+        "precision", "loader_workers", "objective", "budget_latency", "latency_batch_size",
+        "latency_repeats", "latency_warmup", "latency_runtime", "channel_multiple",
     }  # fmt: skip
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if getattr(args, "resources_per_trial", None) is not None:
@@ -231,7 +205,7 @@ def _policies_dir(args: argparse.Namespace) -> str:
 
 def _print_exported(export_dir: Path | None) -> None:
     if export_dir:
-        print(f"exported the front to {export_dir}/ (policies, front.yaml, front.png)")
+        print(f"exported the front to {export_dir}/ (policies, front.yaml, front.png, front.html)")
 
 
 @verb("resume")
@@ -277,39 +251,65 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 @verb("studies")
 def cmd_studies(args: argparse.Namespace) -> int:
     from autoprune import study as studies
+    from autoprune.cli.reports import render, studies_report
+    from autoprune.cli.tables import studies_table
 
-    rows = [
-        (s.name, "" if s.budget is None else s.budget, s.complete, s.failed, s.running, s.front)
-        for s in studies.summaries(studies.open_storage(args.storage))
-    ]
-    print_table(
-        ["study", "budget", "complete", "failed", "running", "front"], rows, title="studies"
-    )
+    render(studies_report(studies.open_storage(args.storage)), args.format, studies_table)
     return 0
 
 
 @verb("show")
 def cmd_show(args: argparse.Namespace) -> int:
     from autoprune import study as studies
+    from autoprune.cli.reports import render, study_report
+    from autoprune.cli.tables import study_table
 
     study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
-    print_study(study_obj, args.name)
-    if args.timing:
-        print_timing(study_obj)
+    report = study_report(study_obj, _policies_dir(args), timing=args.timing)
+    render(report, args.format, study_table)
     return 0
+
+
+@verb("plot")
+def cmd_plot(args: argparse.Namespace) -> int:
+    from autoprune import study as studies
+    from autoprune.plots import plot_study
+
+    study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
+    out = Path(args.out) if args.out else Path("policies") / args.name
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file: give a folder to write front.png and front.html in"
+        )
+    for path in plot_study(study_obj, out):
+        print(path)
+    return 0
+
+
+@verb("dashboard")
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoprune.cli.dashboard import serve
+
+    return serve(args.storage, args.host, args.port)
 
 
 @verb("export")
 def cmd_export(args: argparse.Namespace) -> int:
     from autoprune import study as studies
     from autoprune.export import export_front
+    from autoprune.interop import remove_orphan_views, write_views
 
     study_obj = studies.load_study(studies.open_storage(args.storage), args.name)
     out = Path(args.out) if args.out else Path("policies") / args.name
     written = export_front(study_obj, out)
     for path in written:
         print(path)
-    print(f"{len(written)} policies, front.yaml and front.png in {out}/")
+    remove_orphan_views(out)  # views of points that left the front
+    views = write_views(written, args.format)
+    for path in views:
+        print(path)
+    also = f", {len(views)} {args.format} views" if views else ""
+    print(f"{len(written)} policies{also}, front.yaml, front.png and front.html in {out}/")
     return 0
 
 
