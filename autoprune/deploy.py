@@ -11,11 +11,8 @@ Needs the ``onnx`` extra (``onnx``, ``onnxruntime``, ``onnxscript``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.files import atomic_write, read_torch_file
 from autoprune.modes import model_mode
+from autoprune.onnx_export import export_onnx, require_onnx
 
 # Export and runtime reorder float sums; differences beyond this are a broken export.
 ABS_TOLERANCE = 1e-4
@@ -73,64 +71,8 @@ def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]
     )
 
 
-def _require_onnx() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime
-        import onnxscript  # noqa: F401  (torch's dynamo exporter imports it)
-    except ImportError as exc:
-        raise UserError(
-            f"the ONNX check needs the onnx extra ({exc.name} is missing): "
-            "pip install 'autoprune[onnx]'"
-        ) from exc
-    return onnx, onnxruntime
-
-
 class OnnxCheckError(Exception):
     """The exported file is not a usable ONNX model (checker or runtime rejected it)."""
-
-
-def export_onnx(model: nn.Module, example_inputs: torch.Tensor, out: str | Path) -> Path:
-    """Export ``model`` to ``out`` with a dynamic batch dimension (input ``input``, output ``logits``).
-
-    The model is exported on the CPU in eval mode; its device and mode are restored afterwards.
-    """
-    _require_onnx()
-    out = Path(out)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    # A batch of 2 so the exporter does not specialise the batch dimension to 1.
-    inputs = example_inputs[:1].cpu().expand(2, *example_inputs.shape[1:]).contiguous()
-    chatter = io.StringIO()  # the exporter reports its progress (and diagnoses) on stdout
-    try:
-        with (
-            model_mode(model, device="cpu"),
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(chatter),
-        ):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (inputs,),
-                dynamo=True,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
-                verbose=False,
-            )
-        if program is None:  # pragma: no cover - dynamo=True always returns the program
-            raise RuntimeError("torch.onnx.export returned no program")
-        with atomic_write(out) as tmp:
-            program.save(str(tmp))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        said = [line for line in chatter.getvalue().splitlines() if line.strip()][-3:]
-        raise UserError(
-            f"torch.onnx.export (torch {torch.__version__}) cannot export this model "
-            f"({type(exc).__name__}: {first})"
-            + (f"; the exporter said: {' | '.join(said)}" if said else "")
-            + "; an operation in it may have no ONNX translation or not be traceable by torch.export"
-        ) from exc
-    return out
 
 
 def _median_ms(run: Any, repeats: int, warmup: int = 3) -> float:
@@ -169,7 +111,7 @@ def check_onnx(
         UserError: the model cannot be exported, or the onnx extra is missing.
         OnnxCheckError: ``onnx.checker`` or ONNX Runtime rejected the exported file.
     """
-    onnx, onnxruntime = _require_onnx()
+    onnx, onnxruntime = require_onnx()
     out = Path(out)
     with atomic_write(out) as candidate:
         export_onnx(model, example_inputs, candidate)

@@ -149,9 +149,9 @@ def _runner(
 
 def _onnx_runner(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> Callable[[], Any]:
     """An ONNX Runtime session of ``model`` (exported as ``autoprune onnx`` does)."""
-    from autoprune.deploy import _require_onnx, export_onnx
+    from autoprune.onnx_export import export_onnx, require_onnx
 
-    _, ort = _require_onnx()
+    _, ort = require_onnx()
     with _temporary_file(".onnx") as path:
         export_onnx(model.cpu(), inputs.cpu(), path)
         providers = ["CPUExecutionProvider"]
