@@ -51,7 +51,9 @@ def serve(storage_url: str | None, host: str, port: int) -> int:
             "and delete studies",
             file=sys.stderr,
         )
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Both stop it cleanly; SIGINT is set too because a process started in the background of a
+    # shell inherits SIGINT ignored, and Python then installs no Ctrl-C handler of its own.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         optuna_dashboard.run_server(storage, host=host, port=port)
     except KeyboardInterrupt:
@@ -59,7 +61,8 @@ def serve(storage_url: str | None, host: str, port: int) -> int:
     except OSError as exc:  # bound by another process since the check
         raise _bind_error(host, port, exc) from exc
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("dashboard stopped", file=sys.stderr)
     return 0
 
