@@ -66,7 +66,7 @@ class ObjectiveConfig:
     # Set on Ray workers: the base is the one installed in this process under this hash
     # (sent by the driver, see autoprune.shipping), never read from ``base_checkpoint``.
     base_sha256: str | None = None
-    # --objective latency|both: time every fine-tuned model against its base (None: don't)
+    # --objective latency|both: time every candidate against its base (None: don't)
     latency: LatencySettings | None = None
 
     def cache_dir(self) -> Path:
@@ -113,6 +113,7 @@ class Pruned:
     params: int
     timings: dict[str, float]
     counters: dict[str, int]
+    latency: Latency | None = None  # timed against the base (--objective latency|both)
 
 
 @functools.lru_cache(maxsize=4)
@@ -443,6 +444,13 @@ def evaluate_bracket(
                 failure = classify(exc, "fine-tune")
                 results[i], stopped = failure, failure.kind != "nan"
             continue
+        # Screened-out candidates are timed too: their latency constrains the sampler like
+        # their MACs do, and places them on the plot.
+        try:
+            time_against_base(pruned, config)
+        except Exception as exc:  # recorded as this candidate's failure
+            results[i] = classify(exc, "latency")
+            continue
         pruned.timings["total"] = sum(pruned.timings.values())
         results[i] = _metrics(pruned, proxy, None)
     return [r for r in results if r is not None]
@@ -452,30 +460,35 @@ def _finish(
     pruned: Pruned, config: ObjectiveConfig, proxy: Proxy | None, log: Log | None
 ) -> Metrics:
     """Fine-tune a pruned model for its policy's retrain budget and measure it on val."""
+    time_against_base(pruned, config)
     finetune(pruned, config, pruned.policy.retrain.epochs, log)
     t0 = time.perf_counter()
     val = evaluate(pruned.model, pruned.splits.val, pruned.device)
     pruned.timings["evaluate"] = time.perf_counter() - t0
-    latency = None
-    if config.latency is not None:
-        t0 = time.perf_counter()
-        latency = measure(
-            pruned.model,
-            pruned.base.build(),
-            tuple(pruned.base.spec.input_shape),
-            pruned.device,
-            config.latency,
-        )
-        pruned.timings["latency"] = time.perf_counter() - t0
     # The sum of the phases, not the time since ``start``: in a bracket other candidates were
     # screened in between, and each second must be counted once.
     pruned.timings["total"] = sum(pruned.timings.values())
-    return _metrics(pruned, proxy, val, latency)
+    return _metrics(pruned, proxy, val)
 
 
-def _metrics(
-    pruned: Pruned, proxy: Proxy | None, val: Any, latency: Latency | None = None
-) -> Metrics:
+def time_against_base(pruned: Pruned, config: ObjectiveConfig) -> None:
+    """Time the pruned model against its base when the search asks for latency (once: the
+    architecture, and so the latency, does not change with the fine-tune)."""
+    if config.latency is None or pruned.latency is not None:
+        return
+    t0 = time.perf_counter()
+    pruned.latency = measure(
+        pruned.model,
+        pruned.base.build(),
+        tuple(pruned.base.spec.input_shape),
+        pruned.device,
+        config.latency,
+    )
+    pruned.timings["latency"] = pruned.timings.get("latency", 0.0) + time.perf_counter() - t0
+
+
+def _metrics(pruned: Pruned, proxy: Proxy | None, val: Any) -> Metrics:
+    latency = pruned.latency
     base_macs, base_params = base_macs_params(pruned.base)
     macs_ratio = pruned.macs / base_macs
     params_ratio = pruned.params / base_params

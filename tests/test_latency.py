@@ -121,6 +121,11 @@ def test_a_latency_search_stores_latency_per_trial_and_orders_its_front_by_it(
         assert list(constraints.values()) == [pytest.approx(t.values[1] - 0.9)]
         assert next(iter(constraints)).endswith("latency_budget")
         assert Policy.from_dict(t.user_attrs["policy"]).measured["latency_ratio"] > 0
+    screened = study.get_trials(states=(TrialState.PRUNED,))
+    assert screened, "--screen 2 screened candidates out"
+    for t in screened:  # timed too: their latency constrains the sampler and places them
+        assert t.user_attrs["latency_ratio"] > 0
+        assert any(k.endswith("latency_budget") for k in t.system_attrs)
     assert studies.search_config(study).macs_target == target.macs_target
     front = studies.pareto_front(study)
     assert front and all(p.front_metric == "latency_ratio" for p in front)
@@ -251,3 +256,18 @@ def test_a_search_with_channel_multiple_8_prunes_only_to_multiples_of_8(
         for name, conv in pruned.named_modules():
             if isinstance(conv, torch.nn.Conv2d) and conv.out_channels != before[name].out_channels:
                 assert conv.out_channels % 8 == 0, f"trial {t.number}: {name} {conv.out_channels}"
+
+
+@pytest.mark.slow
+def test_onnx_runtime_times_the_exported_model(trained_base: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    base = load_base(trained_base)
+    latency = measure(
+        base.build(),
+        base.build(),
+        tuple(base.spec.input_shape),
+        torch.device("cpu"),
+        LatencySettings(repeats=3, warmup=1, runtime="onnxruntime"),
+    )
+    assert latency.ms > 0 and latency.base_ms > 0
+    assert latency.device.endswith(", onnxruntime")
