@@ -89,9 +89,8 @@ def describe() -> list[tuple[str, str]]:
     rows.append(
         (
             "timm:NAME",
-            # No brackets: the CLI's table reads "[timm]" as markup and would drop it.
             "a timm architecture, e.g. timm:resnet18 or timm:mobilenetv3_small_050 "
-            "(no weights; needs the optional extra 'timm')",
+            f"(no weights; needs the timm extra: {TIMM_INSTALL})",
         )
     )
     rows.append(

@@ -85,6 +85,11 @@ def space_context(
     study of this base measured them before).
     """
     ranking = block_ranking(base, config) if space.max_blocks_per_stage > 0 else {}
+    if space.max_blocks_per_stage > 0 and not ranking:
+        log(
+            f"{base.spec.name} has no removable residual block: this search drops no blocks "
+            "(`autoprune inspect --blocks` lists them)"
+        )
     ctx = build_context(base, config.target(), config.seed, ranking)
     ctx.channel_multiple = config.channel_multiple
     if space.priors:

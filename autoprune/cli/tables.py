@@ -15,9 +15,11 @@ def print_table(
 ) -> None:
     """A rich table on stdout; numeric-looking columns (ratios, accuracies, shares) right-aligned."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    # Cells are data, not markup: "autoprune[timm]" or a path with brackets prints as written.
+    table = Table(title=escape(title) if title else None, show_lines=False)
     for h in headers:
         table.add_column(
             h,
@@ -26,7 +28,7 @@ def print_table(
             else "left",
         )
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        table.add_row(*(escape(str(c)) for c in row))
     Console(width=200).print(table)
 
 
