@@ -524,17 +524,29 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
     return sorted(points, key=lambda p: (p.ratio(), -p.val_accuracy))
 
 
+def at_budget(ratio: float, budget: float, metric: str = "macs_ratio") -> bool:
+    """Whether a feasible trial's budgeted ratio counts as *at* the budget.
+
+    A MACs ratio is projected onto the budget, so "at" means within :data:`AT_BUDGET` under it.
+    A latency ratio is measured, not projected (trials land anywhere under the budget, and
+    timing noise moves them), so every trial within the budget is at it.
+    """
+    if metric == "latency_ratio":
+        return ratio <= budget + 1e-9
+    return budget - AT_BUDGET <= ratio <= budget + 1e-9
+
+
 def winner(front: list[FrontPoint], budget: float | None = None) -> FrontPoint:
-    """The best policy at the budget: the highest val accuracy among front points within
-    :data:`AT_BUDGET` of ``budget`` in the budgeted ratio (ties: the lower ratio); the whole
-    front's best when no point is that close, or when no budget is given.
+    """The best policy at the budget: the highest val accuracy among front points at the
+    budget (:func:`at_budget`; ties: the lower ratio); the whole front's best when no point is,
+    or when no budget is given.
     """
     if not front:
         raise UserError(
             "the study has no feasible completed trial yet: run more trials or raise the budget "
             "(--budget-flops, or --budget-latency)"
         )
-    near = [p for p in front if budget is not None and p.ratio() >= budget - AT_BUDGET]
+    near = [p for p in front if budget is not None and at_budget(p.ratio(), budget, p.front_metric)]
     return max(near or front, key=lambda p: (p.val_accuracy, -p.ratio()))
 
 
@@ -568,7 +580,7 @@ def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
         for t in completed_trials(study)
         if not t.user_attrs.get(BASELINE_ATTR)
         and (ratio := trial_metric(t, metric)) is not None
-        and budget - AT_BUDGET <= ratio <= budget + 1e-9
+        and at_budget(ratio, budget, metric)
     ]
     best = max(rows, key=lambda row: (row[0].values[0], -row[1]), default=None)
     return best[0] if best else None
@@ -582,12 +594,15 @@ def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
     inflate the figure (proxy and accuracy both rise with MACs). Only candidates the proxy let
     through are fine-tuned, so this is the correlation among those. None below three trials.
     """
-    budget = study_budget(study)
+    # Candidates are projected onto a MACs target (with a latency budget, the calibrated one).
+    raw = study.user_attrs.get(CONFIG_ATTR) or {}
+    config = SearchConfig.from_dict(raw) if raw else None
+    target = config.target() if config is not None else None
     pairs = [
         (float(t.user_attrs["proxy_accuracy"]), float(t.values[0]))
         for t in completed_trials(study)
         if isinstance(t.user_attrs.get("proxy_accuracy"), (int, float))
-        and (budget is None or t.values[1] >= budget - AT_BUDGET)
+        and (target is None or (trial_metric(t, "macs_ratio") or 0.0) >= target - AT_BUDGET)
     ]
     if len(pairs) < 3:
         return None

@@ -24,6 +24,7 @@ from autoprune.errors import UserError
 from autoprune.groups import build_graph, current_groups
 from autoprune.latency import Latency, LatencySettings, macs_target_for, measure
 from autoprune.macs import count_macs_params
+from autoprune.models import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.prune import apply
 
@@ -271,3 +272,19 @@ def test_onnx_runtime_times_the_exported_model(trained_base: Path) -> None:
     )
     assert latency.ms > 0 and latency.base_ms > 0
     assert latency.device.endswith(", onnxruntime")
+
+
+def test_the_winner_under_a_latency_budget_is_the_best_feasible_point() -> None:
+    policy = Policy(model=ModelSpec("resnet20", 10, (1, 28, 28)), groups={})
+
+    def point(number: int, accuracy: float, latency: float) -> studies.FrontPoint:
+        return studies.FrontPoint(
+            number, accuracy, 0.6, 0.6, policy, latency_ratio=latency, front_metric="latency_ratio"
+        )
+
+    # Latency is measured, not projected: no trial lands within 0.01 of the budget, yet the
+    # most accurate one under it is the winner at the budget (a MACs front would say "none").
+    front = [point(1, 0.95, 0.70), point(2, 0.97, 0.76)]
+    assert studies.winner(front, 0.8).number == 2
+    assert studies.at_budget(0.76, 0.8, "latency_ratio")
+    assert not studies.at_budget(0.76, 0.8, "macs_ratio")

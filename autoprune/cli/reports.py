@@ -127,7 +127,7 @@ def study_report(
         best = studies.winner(front, budget)
         report["winner"] = {
             **trial_row(trials[best.number], files),
-            "at_budget": best.ratio() >= budget - studies.AT_BUDGET,
+            "at_budget": studies.at_budget(best.ratio(), budget, best.front_metric),
         }
         searched = studies.best_searched(study, budget)
         if searched is not None:
