@@ -211,11 +211,17 @@ def _already_projected(
 
 
 def refine(
-    mm: MacsModel, removed: list[int], caps: list[int], target: float, multiple: int = 1
+    mm: MacsModel,
+    removed: list[int],
+    caps: list[int],
+    target: float,
+    multiple: int = 1,
+    zero_ok: Sequence[bool] | None = None,
 ) -> list[int]:
     """Close the gap to ``target`` from below by giving one channel back, or trading one for one.
 
-    With ``multiple`` > 1 a move is one allowed count down (or up), see :func:`allowed_removal`.
+    With ``multiple`` > 1 a move is one allowed count down (or up), see :func:`allowed_removal`;
+    ``zero_ok[i]`` False means group ``i`` may not go back to losing nothing.
 
     One channel of a wide residual stream can carry several percent of a small model's MACs,
     so the walk may stop well under the target. Each round takes the single move (one channel
@@ -232,7 +238,11 @@ def refine(
         for i in range(len(removed)):
             if removed[i] == 0:
                 continue
-            back = previous_removal(removed[i], channels[i], multiple)
+            back = previous_removal(
+                removed[i], channels[i], multiple, zero_ok[i] if zero_ok is not None else True
+            )
+            if back == removed[i]:
+                continue
             for j in [None, *range(len(removed))]:
                 if j == i or (j is not None and removed[j] >= caps[j]):
                     continue
@@ -253,13 +263,22 @@ def refine(
     return removed
 
 
-def allowed_removal(n: int, channels: int, multiple: int) -> int:
+def allowed_removal(n: int, channels: int, multiple: int, zero_ok: bool = True) -> int:
     """The most channels, at most ``n``, a group of ``channels`` may lose so that what it keeps
-    is a multiple of ``multiple`` (0 when no such removal exists)."""
-    if multiple <= 1 or n <= 0:
+    is a multiple of ``multiple``; 0 when no such removal exists.
+
+    ``zero_ok=False`` is for a group an earlier step already pruned: keeping all of its
+    ``channels`` is then no option unless they are a multiple, so when no removal up to ``n``
+    is allowed the smallest allowed one is returned (more than ``n``).
+    """
+    if multiple <= 1:
         return max(n, 0)
-    kept = -(-(channels - n) // multiple) * multiple  # kept rounded up: remove no more than n
-    return channels - kept if kept < channels else 0
+    kept = -(-(channels - max(n, 0)) // multiple) * multiple  # rounded up: remove at most n
+    if kept < channels:
+        return channels - kept
+    if zero_ok or channels % multiple == 0:
+        return 0
+    return next_removal(0, channels, multiple) or 0
 
 
 def next_removal(n: int, channels: int, multiple: int) -> int | None:
@@ -270,9 +289,9 @@ def next_removal(n: int, channels: int, multiple: int) -> int | None:
     return channels - kept if kept >= multiple else None
 
 
-def previous_removal(n: int, channels: int, multiple: int) -> int:
-    """The largest allowed removal below ``n`` (``n`` > 0)."""
-    return allowed_removal(n - 1, channels, multiple)
+def previous_removal(n: int, channels: int, multiple: int, zero_ok: bool = True) -> int:
+    """The largest allowed removal below ``n`` (``n`` itself when there is none)."""
+    return min(n, allowed_removal(n - 1, channels, multiple, zero_ok))
 
 
 def removed_counts(policy: Policy, macs_model: MacsModel) -> list[int]:

@@ -180,7 +180,12 @@ def apply(
                 # No budget to keep: the threshold caps the rates as written.
                 counts.update(
                     {
-                        n: allowed_removal(min(counts[n], b), views[n].channels, multiple)
+                        n: allowed_removal(
+                            min(counts[n], b),
+                            views[n].channels,
+                            multiple,
+                            zero_ok=views[n].channels == base_channels[n],
+                        )
                         for n, b in below.items()
                     }
                 )
@@ -258,19 +263,22 @@ def _keep_budget(
     mm = MacsModel(model, inputs, base_macs)
     names = mm.group_names
     planned = [counts.get(n, 0) for n in names]
+    # A group an earlier step pruned must end on a multiple too: losing nothing more is no
+    # option for it unless it already is one (see ``budget.allowed_removal``).
+    zero_ok = [base_channels.get(n, c) == c for n, c in zip(names, mm.channels, strict=True)]
     caps = []
-    for n, current in zip(names, mm.channels, strict=True):
-        if planned[names.index(n)] == 0:
+    for i, (n, current) in enumerate(zip(names, mm.channels, strict=True)):
+        if planned[i] == 0:
             caps.append(0)  # only groups this step prunes take channels
         elif n in below:
-            caps.append(allowed_removal(min(below[n], current - 1), current, multiple))
+            caps.append(allowed_removal(min(below[n], current - 1), current, multiple, zero_ok[i]))
         else:
             already = base_channels[n] - current
             cap = max(0, min(current - 1, int(max_rate * base_channels[n] + 1e-9) - already))
-            caps.append(allowed_removal(cap, current, multiple))
+            caps.append(allowed_removal(cap, current, multiple, zero_ok[i]))
     removed = [
-        allowed_removal(min(p, c), current, multiple)
-        for p, c, current in zip(planned, caps, mm.channels, strict=True)
+        allowed_removal(min(p, c), current, multiple, ok)
+        for p, c, current, ok in zip(planned, caps, mm.channels, zero_ok, strict=True)
     ]
     aim = target - SAFETY_MARGIN
 
@@ -288,7 +296,7 @@ def _keep_budget(
             return counts
         best = min(open_groups, key=lambda i: ((removed[i] + 1) / planned[i], i))
         removed[best] = step_up(best) or removed[best] + 1
-    removed = refine(mm, removed, caps, aim, multiple)
+    removed = refine(mm, removed, caps, aim, multiple, zero_ok)
     spared = sum(max(0, counts[n] - b) for n, b in below.items())
     counters["class_threshold_spared"] = counters.get("class_threshold_spared", 0) + spared
     return {n: removed[names.index(n)] for n in counts}

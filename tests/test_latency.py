@@ -288,3 +288,36 @@ def test_the_winner_under_a_latency_budget_is_the_best_feasible_point() -> None:
     assert studies.winner(front, 0.8).number == 2
     assert studies.at_budget(0.76, 0.8, "latency_ratio")
     assert not studies.at_budget(0.76, 0.8, "macs_ratio")
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_class_threshold_moves_channels_in_multiples_of_8(trained_base: Path, steps: int) -> None:
+    from autoprune.objective import ObjectiveConfig, prune_policy
+    from autoprune.policy import ClassAware, Retrain, Schedule
+
+    base = load_base(trained_base)
+    model = base.build()  # the graph must be of the very model the groups are read from
+    names = list(current_groups(model, build_graph(model, base.spec.example_inputs())))
+    policy = Policy(
+        model=base.spec,
+        # One inner group is class-aware: the others can take what its threshold spares.
+        groups={
+            n: GroupPolicy(rate=0.3, criterion="class_aware" if n == "layer3.1.conv1" else "l1")
+            for n in names
+        },
+        target_macs_ratio=0.5,
+        channel_multiple=8,
+        class_aware=ClassAware(min_classes=3.0),
+        schedule=Schedule(iterative_steps=steps),
+        retrain=Retrain(epochs=0.0),
+    )
+    config = ObjectiveConfig(
+        base_checkpoint=str(trained_base), dataset="mnist5k", calibration_images=64, device="cpu"
+    )
+    pruned = prune_policy(config, policy)  # its own check refuses a model off its target
+    if steps == 1:  # the last step's re-allocation (prune._keep_budget) ran
+        assert pruned.counters.get("class_threshold_spared", 0) > 0
+    before = {n: m for n, m in base.build().named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for name, conv in pruned.model.named_modules():
+        if isinstance(conv, torch.nn.Conv2d) and conv.out_channels != before[name].out_channels:
+            assert conv.out_channels % 8 == 0, f"{name} keeps {conv.out_channels} channels"
