@@ -114,10 +114,7 @@ def create_or_load(
     storage: optuna.storages.BaseStorage, name: str, config: SearchConfig, sampler: Any
 ) -> optuna.Study:
     """Open the study ``name`` or create it; check a stored study matches this search."""
-    existing = {
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
-    if name in existing:
+    if name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         _check_directions(study, config)
         stored = study.user_attrs.get(CONFIG_ATTR)
@@ -221,10 +218,7 @@ def stored_config(
 ) -> SearchConfig | None:
     """The config stored on study ``name`` (None when there is no such study, or it stores
     none), after checking the study's directions fit ``config``'s objective."""
-    existing = {
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
-    if name not in existing:
+    if name not in study_names(storage):
         return None
     study = optuna.load_study(study_name=name, storage=storage)
     _check_directions(study, config)
@@ -232,10 +226,15 @@ def stored_config(
     return SearchConfig.from_dict(raw) if raw else None
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    names = sorted(
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Names of every study in ``storage``, sorted."""
+    return sorted(
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
     )
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    names = study_names(storage)
     if name not in names:
         raise UserError(
             f"no study named '{name}' in this storage; existing: {', '.join(names) or 'none'} (see `autoprune studies`)"

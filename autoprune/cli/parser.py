@@ -46,12 +46,11 @@ def _add_data_path_args(p: argparse.ArgumentParser, search: bool = False) -> Non
     )
 
 
-def _add_policies_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--policies-dir",
-        metavar="DIR",
-        help="write the front's policies to DIR/STUDY/ (default: policies/STUDY/ in the current directory)",
-    )
+def _add_policies_dir_arg(
+    p: argparse.ArgumentParser,
+    text: str = "write the front's policies to DIR/STUDY/ (default: policies/STUDY/ in the current directory)",
+) -> None:
+    p.add_argument("--policies-dir", metavar="DIR", help=text)
 
 
 def _add_format_arg(p: argparse.ArgumentParser) -> None:
@@ -241,10 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", action="store_true", help="median seconds per phase and framework overhead"
     )
     _add_format_arg(p)
-    p.add_argument(
-        "--policies-dir",
-        metavar="DIR",
-        help="where the front's policies are exported (DIR/NAME/; default policies): "
+    _add_policies_dir_arg(
+        p,
+        "where the front's policies are exported (DIR/NAME/; default policies): "
         "--format json/yaml name each point's file there and say whether it exists",
     )
 
