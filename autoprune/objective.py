@@ -360,12 +360,18 @@ _base_counts: dict[str, tuple[int, int]] = {}
 
 
 def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> TrainConfig:
-    """The policy's retrain recipe for ``epochs`` epochs, run with this objective's loop settings."""
+    """The policy's retrain recipe for ``epochs`` epochs, run with this objective's loop settings.
+
+    cuDNN autotuning is off: a pruned model's layer shapes are new to the process, so it would
+    search kernels again for every candidate: on an H200 it made a 1.5 s fine-tune epoch of a
+    pruned ResNet-56 take 10.4 s (benchmarks/gpu_campaign.py, the ``autotune`` stage).
+    """
     return TrainConfig(
         replace(policy.retrain, epochs=epochs),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         precision=config.precision,
+        cudnn_benchmark=False,
     )
 
 

@@ -8,8 +8,8 @@ Precision (:data:`PRECISIONS`): the fine-tune runs under autocast in bf16, fp16 
 ``GradScaler``) or not at all (fp32); ``auto`` is bf16 on GPUs that have it natively (Ampere
 and later), fp16 on older GPUs and fp32 on the CPU. :func:`evaluate` and
 :func:`recalibrate_batchnorm` always run in float32, whatever the fine-tune used, so a trial's
-measured accuracy does not depend on the device it ran on. Channels-last memory is not used: it
-was never measured to be faster for these small CIFAR networks.
+measured accuracy does not depend on the device it ran on. Channels-last memory
+(``TrainConfig.channels_last``) is off by default; ``benchmarks/gpu_campaign.py`` measures it.
 """
 
 from __future__ import annotations
@@ -89,6 +89,14 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     num_workers: int = 0  # DataLoader workers for datasets that decode images
     precision: str = "auto"  # autocast of the training steps: auto | fp32 | bf16 | fp16
+    # train in channels-last memory (NHWC), which tensor cores prefer; the model is handed back
+    # in the default layout
+    channels_last: bool = False
+    # linear learning-rate warm-up from lr/warmup_steps to lr over this many first steps (0:
+    # none); training from scratch needs it for deep networks (ResNet-56 diverges without)
+    warmup_steps: int = 0
+    # cuDNN autotuning (torch.backends.cudnn.benchmark) around the training steps, on CUDA
+    cudnn_benchmark: bool = True
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -180,13 +188,13 @@ class _MixedPrecision:
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark(device: torch.device) -> Iterator[None]:
+def _cudnn_benchmark(device: torch.device, enabled: bool = True) -> Iterator[None]:
     """cuDNN autotuning for the fixed-shape training steps, on CUDA, restored afterwards.
 
     Only around training: the algorithms it picks may differ between runs, and channel
     scoring (which must choose the same channels every time) should not depend on them.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or not enabled:
         yield
         return
     before = torch.backends.cudnn.benchmark
@@ -228,6 +236,16 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
     return 1.0
 
 
+def learning_rate(recipe: Retrain, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The learning rate of training step ``step`` (from 0) of ``total_steps``.
+
+    The recipe's schedule, times a linear warm-up over the first ``warmup_steps`` steps that
+    starts at ``1 / warmup_steps`` of it and reaches it at step ``warmup_steps - 1``.
+    """
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return recipe.lr * _lr_factor(recipe.schedule, step, total_steps) * warmup
+
+
 def fit(
     model: nn.Module,
     train: Dataset,
@@ -265,6 +283,8 @@ def fit(
     else:
         optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=config.weight_decay)
     precision = _MixedPrecision(resolve_precision(config.precision, device), device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     loader = Loader(
         train,
         config.batch_size,
@@ -275,7 +295,7 @@ def fit(
     )
     model.train()
     step, epoch = 0, 0
-    with _cudnn_benchmark(device):
+    with _cudnn_benchmark(device, config.cudnn_benchmark):
         while step < total_steps:
             start = time.perf_counter()
             seen = 0
@@ -286,7 +306,9 @@ def fit(
                 if step >= total_steps:
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = recipe.lr * _lr_factor(recipe.schedule, step, total_steps)
+                    group["lr"] = learning_rate(recipe, step, total_steps, config.warmup_steps)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 with precision.autocast():
                     logits = model(images)
                     loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
@@ -311,6 +333,8 @@ def fit(
                     line += f"  val acc {evaluate(model, val, device).accuracy:.4f}"
                     model.train()
                 log(line + f"  ({time.perf_counter() - start:.1f}s)")
+    if config.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return model
 
