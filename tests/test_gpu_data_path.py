@@ -31,9 +31,15 @@ from autoprune.train import (
 )
 
 CPU = torch.device("cpu")
-needs_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU (CI and this machine have none)"
-)
+
+
+def needs_cuda(test: Any) -> Any:
+    """Marked ``cuda`` (``pytest -m cuda`` selects them: benchmarks/gpu_campaign.py) and skipped
+    without a CUDA GPU."""
+    skip = pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (CI and this machine have none)"
+    )
+    return pytest.mark.cuda(skip(test))
 
 
 def digits(n: int = 64, seed: int = 0) -> TensorSplit:
@@ -149,6 +155,35 @@ def test_fp16_loss_scaling_skips_a_step_whose_gradients_overflow() -> None:
 
 
 # --------------------------------------------------------------------------- tensor loader
+
+
+def channels_last_run(device: torch.device, precision: str) -> tuple[nn.Module, list[bool]]:
+    """A fit in channels-last memory, recording whether each training input was channels-last."""
+    model, split = small_resnet(), digits(64)
+    seen: list[bool] = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_pre_hook(
+        lambda m, args: seen.append(
+            m.training and args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    config = TrainConfig(
+        Retrain(epochs=1, lr=0.01), batch_size=16, precision=precision, channels_last=True
+    )
+    fit(model, split, config, device)
+    return model, seen
+
+
+def test_channels_last_trains_in_nhwc_and_hands_the_model_back_contiguous() -> None:
+    model, seen = channels_last_run(CPU, "fp32")
+    assert seen and all(seen), "every training batch went in channels-last"
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert all(w.is_contiguous() for w in weights), "pruning and saving get the default layout"
+    plain = small_resnet()
+    fit(plain, digits(64), TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=16), CPU)
+    # NHWC kernels round differently; four SGD steps amplify that to ~1e-3 at most
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-2), "the layout changes no result beyond rounding"
 
 
 def test_crop_flip_is_torchvisions_random_crop_then_flip() -> None:
@@ -282,6 +317,14 @@ def test_fit_on_cuda_at_each_precision_measures_like_the_cpu(precision: str) -> 
     on_cpu = evaluate(model.cpu(), split, CPU)
     assert on_gpu.accuracy == pytest.approx(on_cpu.accuracy, abs=1 / len(split))
     assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_on_cuda_trains_in_nhwc(precision: str) -> None:
+    model, seen = channels_last_run(torch.device("cuda"), precision)
+    assert seen and all(seen)
+    assert all(p.is_contiguous() and torch.isfinite(p).all() for p in model.parameters())
 
 
 @needs_cuda
