@@ -62,14 +62,58 @@ def module_names(graph: tp.DependencyGraph) -> dict[nn.Module, str]:
 
 
 def current_groups(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, Any]:
-    """Prunable groups keyed by root module name, in torch-pruning's (deterministic) order."""
+    """Prunable groups keyed by root module name, in torch-pruning's (deterministic) order.
+
+    Groups torch-pruning cannot prune into a working model are left out (see
+    :func:`excluded_groups`): their layers keep every channel.
+    """
+    return {name: g for name, (g, reason) in _all_groups(model, graph).items() if reason is None}
+
+
+def excluded_groups(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, str]:
+    """The groups :func:`current_groups` leaves out, each with the reason."""
+    return {
+        name: reason
+        for name, (_, reason) in _all_groups(model, graph).items()
+        if reason is not None
+    }
+
+
+def _all_groups(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, tuple[Any, str | None]]:
     names = module_names(graph)
-    groups: dict[str, Any] = {}
+    groups: dict[str, tuple[Any, str | None]] = {}
     for group in graph.get_all_groups(
         ignored_layers=classifier_layers(model), root_module_types=PRUNABLE_ROOTS
     ):
-        groups[names[group[0].dep.target.module]] = group
+        groups[names[group[0].dep.target.module]] = (group, _unprunable(group, names))
     return groups
+
+
+def _unprunable(group: Any, names: dict[nn.Module, str]) -> str | None:
+    """Why torch-pruning would break the model by pruning ``group``, or None.
+
+    * A grouped convolution that is not depthwise: torch-pruning prunes its channels like a
+      plain convolution's, leaving counts its ``groups`` do not divide (or uneven groups).
+    * A channel split (``torch.split``, ``chunk``): the model's code fixes the sizes it splits
+      into, so the halves no longer line up once the input loses channels.
+    """
+    for item in group:
+        module = item.dep.target.module
+        if (
+            isinstance(module, nn.Conv2d)
+            and module.groups > 1
+            and not module.groups == module.in_channels == module.out_channels
+        ):
+            return (
+                f"it reaches the grouped convolution {names.get(module, '?')} ({module.groups} "
+                "groups), which torch-pruning prunes into shapes its groups do not divide"
+            )
+        if isinstance(module, tp.ops._SplitOp):
+            return (
+                "it passes through a channel split (torch.split or chunk) whose sizes the "
+                "model's code fixes"
+            )
+    return None
 
 
 @dataclass
@@ -144,13 +188,18 @@ class GroupInfo:
     layers: list[str]  # conv/linear layers touched (output and input side)
 
 
-def discover_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupInfo]:
+def discover_groups(
+    model: nn.Module, example_inputs: torch.Tensor, excluded: dict[str, str] | None = None
+) -> list[GroupInfo]:
     """All prunable groups of ``model`` with their channel count and share of MACs.
 
     A layer's MACs count toward every group that sets its input or output width, so shares
-    of different groups overlap and do not add up to 1.
+    of different groups overlap and do not add up to 1. ``excluded``, when given, is filled
+    with the groups left out and why (:func:`excluded_groups`).
     """
     graph = build_graph(model, example_inputs)
+    if excluded is not None:
+        excluded.update(excluded_groups(model, graph))
     total, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
     infos = []
     for view in current_views(model, graph):

@@ -194,9 +194,13 @@ def _first_line(text: str) -> str:
 # --------------------------------------------------------------------------- inspect
 
 
-def groups_report(spec: Any, macs: int, params: int, groups: list[Any]) -> dict[str, Any]:
-    """``autoprune inspect``: the model, its MACs and parameters, and its prunable groups."""
+def groups_report(
+    spec: Any, macs: int, params: int, groups: list[Any], excluded: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``autoprune inspect``: the model, its MACs and parameters, its prunable groups, and the
+    groups left unpruned because torch-pruning would break the model (``excluded``: why)."""
     return {
+        "excluded": dict(excluded or {}),
         "model": spec.to_dict(),
         "macs": macs,
         "params": params,

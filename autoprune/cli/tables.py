@@ -211,6 +211,8 @@ def groups_table(report: dict[str, Any]) -> None:
         title=f"{model['name']} {list(model['input_shape'])}: {len(groups)} prunable groups, "
         f"{report['macs'] / 1e6:.2f}M MACs, {report['params'] / 1e6:.3f}M params",
     )
+    for name, reason in report.get("excluded", {}).items():
+        print(f"not pruned: group {name}: {reason}")
 
 
 def blocks_table(report: dict[str, Any]) -> None:

@@ -131,8 +131,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return _inspect_blocks(args, model, spec)
     inputs = spec.example_inputs()
     macs, params = count_macs_params(model, inputs)
-    groups = discover_groups(model, inputs)
-    render(groups_report(spec, macs, params, groups), args.format, groups_table)
+    excluded: dict[str, str] = {}
+    groups = discover_groups(model, inputs, excluded)
+    render(groups_report(spec, macs, params, groups, excluded), args.format, groups_table)
     return 0
 
 
