@@ -1,19 +1,28 @@
-"""Budget projection: scale a policy's rates so its pruned model lands on its MACs target.
+"""How many channels each group loses: the one owner of that count, and budget projection.
 
-Projection turns raw per-group rates (what a sampler proposes) into rates whose pruned model
-hits ``target_macs_ratio``. Rates are scaled by one multiplier found by bisection, capped per
-group, and a final walk removes one channel at a time in the order the scaling would reach
-them, so the result lands at most one channel's worth of MACs under the target. Candidates are
-counted by the analytic :class:`~autoprune.macs.MacsModel`, so projection costs no forward pass
-per candidate.
+:class:`ChannelBudget` decides how many channels go so that a pruned model lands on its MACs
+target. Projection (:func:`project_to_budget`) asks it before any channel is scored, with
+counts alone, and surgery (:mod:`autoprune.prune`) asks it again once every group's channels
+are ranked, with the exact count of the channels that would go (:meth:`MacsModel.counter`). Rate
+caps and class-importance thresholds reach it as per-group caps, channel multiples as the steps
+it moves in, and iterative steps as the channels already gone; so the rule exists once and the
+count a trial is checked against is the count its surgery made.
+
+Projection scales a policy's raw rates by one multiplier found by bisection, capped per group;
+a walk then removes one channel (or one multiple's worth) at a time in the order the scaling
+would reach them, and a refinement trades channels between groups, so the result lands at most
+about one channel's worth of MACs under the target.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +39,9 @@ DEFAULT_TOLERANCE = 0.01  # |achieved - target| MACs ratio
 SAFETY_MARGIN = 0.001
 # When a walk ends further than this under the target, trade channels between groups to close in.
 REFINE_GAP = 0.002
+# When trading channels still leaves the target out of tolerance (coarse channel multiples on a
+# small model), every allowed combination of counts is tried if there are at most this many.
+EXHAUSTIVE_LIMIT = 20_000
 RATE_DECIMALS = 6
 # Positive raw rates are floored to this (see ``project_to_budget``).
 MIN_POSITIVE_RATE = 1e-9
@@ -113,16 +125,23 @@ def project_to_budget(
     cap_text = (
         "the per-group caps" if isinstance(max_rate, dict) else f"the per-group cap of {max_rate}"
     )
+    # Only groups the policy prunes may take channels: a rate of 0 means "leave it alone".
+    owner = ChannelBudget(
+        mm, wanted, [cap if r > 0 else 0 for r, cap in zip(raw, caps, strict=True)], multiple
+    )
     nothing_removed = mm.ratio([0] * len(names))
+    as_written = removed_counts(policy, mm)
+    within_caps = all(owner.allowed(i, n) == n for i, n in enumerate(as_written))
     # Unpruned, the analytic count is exact (it is torch-pruning's count of this very model), so
     # no safety margin applies: a target of 1.0 (or one at or above what block removal leaves)
     # prunes no channel.
-    as_written = removed_counts(policy, mm)
     if nothing_removed <= wanted:
         removed = [0] * len(names)
-    elif _already_projected(mm, as_written, caps, raw, target, wanted, multiple):
-        # A policy this function produced (e.g. an exported, applied policy being replayed) is
-        # a fixed point: rescaling it could move channels between groups for no gain.
+    elif within_caps and (policy.removed_sha256 is not None or owner.accepts(as_written)):
+        # A policy this function produced is a fixed point: rescaling it could move channels
+        # between groups for no gain. An applied policy (one that records the channels its
+        # trial removed) holds the counts its surgery settled on, counted exactly: it is
+        # replayed as written, and the digest check after surgery says if anything differs.
         removed = as_written
     else:
         if not any(r > 0 for r in raw):
@@ -155,23 +174,14 @@ def project_to_budget(
                 lo = mid
             else:
                 hi = mid
-        removed = counts(lo)
         # Walk one step (a channel, or a multiple's worth) at a time in the order the scaling
-        # would reach them.
-        while mm.ratio(removed) > target:
-            best, best_scale, best_next = -1, float("inf"), 0
-            for i, (r, c, cap) in enumerate(zip(raw, channels, caps, strict=True)):
-                nxt = next_removal(removed[i], c, multiple)
-                if r > 0 and nxt is not None and nxt <= cap:
-                    next_scale = nxt / (r * c)
-                    if next_scale < best_scale:
-                        best, best_scale, best_next = i, next_scale, nxt
-            if best < 0:  # unreachable in principle: the cap check above guarantees progress
-                raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
-            removed[best] = best_next
-        # Only groups the policy prunes may take channels: a rate of 0 means "leave it alone".
-        open_caps = [cap if r > 0 else 0 for r, cap in zip(raw, caps, strict=True)]
-        removed = refine(mm, removed, open_caps, target, multiple)
+        # would reach them, then trade channels between groups to close in on the target.
+        walked = owner.walk(counts(lo), [r * c for r, c in zip(raw, channels, strict=True)])
+        if walked is None:  # unreachable in principle: the cap check above guarantees progress
+            raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
+        removed = owner.refine(walked)
+        if not owner.accepts(removed):
+            removed = owner.nearest(removed) or removed
         achieved = mm.ratio(removed)
         if wanted - achieved > DEFAULT_TOLERANCE:
             raise UserError(
@@ -188,79 +198,239 @@ def project_to_budget(
             rate=round(n / c, RATE_DECIMALS),
             criterion=old.criterion if old else "l1",
             chosen_from=old.chosen_from if old else None,
+            # the steps an applied policy records hold only for the count they add up to
+            steps=old.steps if old and removed is as_written else None,
         )
     return replace(policy, groups=groups)
 
 
-def _already_projected(
-    mm: MacsModel,
-    removed: list[int],
-    caps: list[int],
-    raw: list[float],
-    target: float,
-    wanted: float,
-    multiple: int = 1,
-) -> bool:
-    """Whether the rates as written already meet what a projection guarantees."""
-    if any(n > cap or (n > 0 and r == 0) for n, cap, r in zip(removed, caps, raw, strict=True)):
-        return False
-    if any(allowed_removal(n, c, multiple) != n for n, c in zip(removed, mm.channels, strict=True)):
-        return False
-    achieved = mm.ratio(removed)
-    return achieved <= target and wanted - achieved <= DEFAULT_TOLERANCE
+class ChannelBudget:
+    """The one owner of how many channels each group loses so a model lands on a MACs target.
 
+    Counts are channels removed per group from the model ``macs_model`` describes, in total.
+    ``ratio`` counts a candidate: the even-spread estimate of the :class:`MacsModel` by
+    default, or the exact count of ranked channels (:meth:`MacsModel.counter`). Counts move in
+    allowed steps only (``multiple``: what a group keeps is a multiple of it, see
+    :func:`allowed_removal`), never above ``caps`` and never below ``floors``: the channels an
+    earlier iterative step removed already.
 
-def refine(
-    mm: MacsModel,
-    removed: list[int],
-    caps: list[int],
-    target: float,
-    multiple: int = 1,
-    zero_ok: Sequence[bool] | None = None,
-) -> list[int]:
-    """Close the gap to ``target`` from below by giving one channel back, or trading one for one.
-
-    With ``multiple`` > 1 a move is one allowed count down (or up), see :func:`allowed_removal`;
-    ``zero_ok[i]`` False means group ``i`` may not go back to losing nothing.
-
-    One channel of a wide residual stream can carry several percent of a small model's MACs,
-    so the walk may stop well under the target. Each round takes the single move (one channel
-    fewer in one group, optionally one more in another) that lands closest to the target
-    without exceeding it, until the gap is small or no move helps.
+    A count is accepted when its ratio is at most the target less :data:`SAFETY_MARGIN` and at
+    most :data:`DEFAULT_TOLERANCE` under the target.
     """
-    removed = list(removed)
-    current = mm.ratio(removed)
-    for _ in range(4 * len(removed)):
-        if target - current <= REFINE_GAP:
-            break
-        best, best_ratio = None, current
-        channels = mm.channels
-        for i in range(len(removed)):
-            if removed[i] == 0:
-                continue
-            back = previous_removal(
-                removed[i], channels[i], multiple, zero_ok[i] if zero_ok is not None else True
+
+    def __init__(
+        self,
+        macs_model: MacsModel,
+        target: float,
+        caps: Sequence[int],
+        multiple: int = 1,
+        floors: Sequence[int] | None = None,
+        ratio: Callable[[Sequence[int]], float] | None = None,
+    ) -> None:
+        self.channels = list(macs_model.channels)
+        self.target = target
+        # the margin guards estimates against rounding; the unpruned model's 1.0 is exact
+        self.aim = target if target >= 1.0 else target - SAFETY_MARGIN
+        self.caps = list(caps)
+        self.multiple = multiple
+        self.floors = list(floors) if floors is not None else [0] * len(self.channels)
+        self.ratio = ratio or macs_model.ratio
+        # many candidates at once: the even-spread estimate's batch count, else one by one
+        self.ratios: Callable[[Sequence[Sequence[int]]], Any] = (
+            macs_model.ratios if ratio is None else (lambda rows: [self.ratio(r) for r in rows])
+        )
+
+    def accepts(self, removed: Sequence[int]) -> bool:
+        achieved = self.ratio(removed)
+        return achieved <= self.aim + 1e-12 and self.target - achieved <= DEFAULT_TOLERANCE
+
+    def allowed(self, i: int, n: int) -> int:
+        """The most group ``i`` may lose, at most ``n`` and its cap, in allowed steps; at least
+        its floor (rounded up to an allowed count where the floor itself is not one)."""
+        channels, floor = self.channels[i], self.floors[i]
+        n = allowed_removal(min(n, self.caps[i]), channels, self.multiple)
+        if n >= floor:
+            return n
+        if allowed_removal(floor, channels, self.multiple) == floor:
+            return floor
+        return next_removal(floor, channels, self.multiple) or floor
+
+    def step_down(self, i: int, n: int) -> int:
+        """The largest allowed count below ``n`` and not below the floor (``n`` when none)."""
+        back = previous_removal(n, self.channels[i], self.multiple)
+        return back if back >= self.floors[i] else n
+
+    def step_up(self, i: int, n: int) -> int | None:
+        nxt = next_removal(n, self.channels[i], self.multiple)
+        return nxt if nxt is not None and nxt <= self.caps[i] else None
+
+    def walk(self, removed: Sequence[int], weights: Sequence[float]) -> list[int] | None:
+        """Take one step at a time until the ratio is at most the aim; None when stuck.
+
+        The next step goes to the open group (weight > 0, under its cap) whose next count is
+        the smallest multiple of its weight: the order a uniform scaling of the weights would
+        reach the counts in (weights are raw rates x channels, or a plan's counts).
+        """
+        removed = list(removed)
+        while self.ratio(removed) > self.aim:
+            best, best_scale, best_next = -1, float("inf"), 0
+            for i, weight in enumerate(weights):
+                nxt = self.step_up(i, removed[i]) if weight > 0 else None
+                if nxt is not None and nxt / weight < best_scale:
+                    best, best_scale, best_next = i, nxt / weight, nxt
+            if best < 0:
+                return None
+            removed[best] = best_next
+        return removed
+
+    def refine(self, removed: Sequence[int]) -> list[int]:
+        """Close the gap to the aim from below by giving one step back, or trading one for one.
+
+        One channel of a wide residual stream can carry several percent of a small model's MACs,
+        so the walk may stop well under the target. Each round takes the single move (one step
+        fewer in one group, optionally one more in another) that lands closest to the aim
+        without exceeding it, until the gap is small or no move helps.
+        """
+        removed = list(removed)
+        current = self.ratio(removed)
+        for _ in range(4 * len(removed)):
+            if self.aim - current <= REFINE_GAP:
+                break
+            ups = [self.step_up(j, n) for j, n in enumerate(removed)]
+            moves: list[list[int]] = []
+            for i in range(len(removed)):
+                back = self.step_down(i, removed[i]) if removed[i] else removed[i]
+                if back == removed[i]:
+                    continue
+                for j in [None, *range(len(removed))]:
+                    if j == i or (j is not None and ups[j] is None):
+                        continue
+                    trial = list(removed)
+                    trial[i] = back
+                    if j is not None:
+                        trial[j] = ups[j]
+                    moves.append(trial)
+            ratios = self.ratios(moves) if moves else []
+            best, best_ratio = None, current
+            for trial, r in zip(moves, ratios, strict=True):
+                if best_ratio < r <= self.aim:
+                    best, best_ratio = trial, float(r)
+            if best is None:
+                break
+            removed, current = best, best_ratio
+        return removed
+
+    def options(self, i: int) -> list[int]:
+        """Every count group ``i`` may take, from its floor to its cap."""
+        values = [self.allowed(i, self.floors[i])]
+        up = self.step_up(i, values[-1])
+        while up is not None:
+            values.append(up)
+            up = self.step_up(i, up)
+        return values
+
+    def combinations(self) -> int:
+        """How many combinations of counts there are (stops counting past the exhaustive limit)."""
+        total = 1
+        for i in range(len(self.channels)):
+            total *= len(self.options(i))
+            if total > EXHAUSTIVE_LIMIT:
+                break
+        return total
+
+    def nearest(self, removed: Sequence[int]) -> list[int] | None:
+        """The accepted counts closest to ``removed`` (relative to each group's channels), found
+        by trying every allowed combination; None when there are too many or none is accepted.
+
+        Only groups with room to move (a cap above their floor) vary.
+        """
+        options = [
+            self.options(i) if self.caps[i] > self.floors[i] else [n] for i, n in enumerate(removed)
+        ]
+        if math.prod(len(o) for o in options) > EXHAUSTIVE_LIMIT:
+            return None
+        best, best_distance = None, float("inf")
+        for combo in itertools.product(*options):
+            distance = sum(
+                abs(a - b) / c for a, b, c in zip(combo, removed, self.channels, strict=True)
             )
-            if back == removed[i]:
-                continue
-            for j in [None, *range(len(removed))]:
-                if j == i or (j is not None and removed[j] >= caps[j]):
-                    continue
-                more = next_removal(removed[j], channels[j], multiple) if j is not None else None
-                if j is not None and (more is None or more > caps[j]):
-                    continue
-                trial = list(removed)
-                trial[i] = back
-                if j is not None:
-                    assert more is not None
-                    trial[j] = more
-                r = mm.ratio(trial)
-                if best_ratio < r <= target:
-                    best, best_ratio = trial, r
-        if best is None:
-            break
-        removed, current = best, best_ratio
-    return removed
+            if distance < best_distance and self.accepts(combo):
+                best, best_distance = list(combo), distance
+        return best
+
+    def fit(self, planned: Sequence[int]) -> list[int] | None:
+        """Counts near ``planned`` that the budget accepts: capped, walked down, refined.
+
+        ``planned`` unchanged when it is accepted and within the caps; None when the caps
+        leave the target out of reach.
+        """
+        start = [self.allowed(i, n) for i, n in enumerate(planned)]
+        if start == list(planned) and self.accepts(start):
+            return start
+        walked = self.walk(start, [float(n) for n in planned])
+        if walked is None:
+            return None
+        refined = self.refine(walked)
+        return refined if self.accepts(refined) else self.nearest(refined) or refined
+
+
+def reachable_floor(mm: MacsModel, max_rate: float, multiple: int = 1) -> float:
+    """The smallest MACs ratio any policy reaches: every group at its cap (``max_rate``,
+    in allowed steps of ``multiple``)."""
+    return mm.ratio(_full_caps(mm, max_rate, multiple))
+
+
+def check_reachable(
+    mm: MacsModel, target: float, max_rate: float, multiple: int = 1, what: str = "the model"
+) -> None:
+    """Say, before any trial runs, when no policy can land on ``target``; else return.
+
+    Two ways a target is out of reach: every group at its cap still leaves more MACs than the
+    target (the message names the groups that cannot shrink, and those left out because
+    torch-pruning cannot prune them), or no combination of allowed channel counts lands within
+    the tolerance under it (coarse channel multiples on a small model; tried exhaustively where
+    there are few combinations).
+
+    Raises:
+        UserError: the target is out of reach, naming why and the smallest reachable ratio.
+    """
+    caps = _full_caps(mm, max_rate, multiple)
+    floor = mm.ratio(caps)
+    rounding = f", channel multiple {multiple}" if multiple > 1 else ""
+    if floor > target - SAFETY_MARGIN:
+        stuck = [
+            f"{name} ({channels} channel{'s' if channels > 1 else ''})"
+            for name, channels, cap in zip(mm.group_names, mm.channels, caps, strict=True)
+            if cap == 0
+        ]
+        why = [f"group {name}: {reason}" for name, reason in mm.excluded.items()]
+        if stuck:
+            why.append(f"groups that cannot lose a channel: {', '.join(stuck)}")
+        if mm.unmodeled_share() > 0.005:
+            why.append(
+                f"{100 * mm.unmodeled_share():.0f}% of the MACs are in layers no group thins"
+            )
+        raise UserError(
+            f"MACs target {target:g} is out of reach for {what}: with every group at its cap "
+            f"(max_rate {max_rate:g}{rounding}) the MACs ratio is still {floor:.3f}"
+            + (f"; not pruned: {'; '.join(why)}" if why else "")
+            + f". Use a budget of at least {floor + SAFETY_MARGIN:.3f}"
+        )
+    owner = ChannelBudget(mm, target, caps, multiple)
+    if owner.combinations() <= EXHAUSTIVE_LIMIT and owner.nearest(caps) is None:
+        raise UserError(
+            f"MACs target {target:g} is out of reach for {what}: no combination of allowed "
+            f"channel counts (max_rate {max_rate:g}{rounding}) lands within "
+            f"{DEFAULT_TOLERANCE:g} under it; choose another budget"
+            + (" or a smaller --channel-multiple" if multiple > 1 else "")
+        )
+
+
+def _full_caps(mm: MacsModel, max_rate: float, multiple: int) -> list[int]:
+    return [
+        allowed_removal(max(0, min(c - 1, int(max_rate * c + 1e-9))), c, multiple)
+        for c in mm.channels
+    ]
 
 
 def allowed_removal(n: int, channels: int, multiple: int, zero_ok: bool = True) -> int:
@@ -289,9 +459,9 @@ def next_removal(n: int, channels: int, multiple: int) -> int | None:
     return channels - kept if kept >= multiple else None
 
 
-def previous_removal(n: int, channels: int, multiple: int, zero_ok: bool = True) -> int:
+def previous_removal(n: int, channels: int, multiple: int) -> int:
     """The largest allowed removal below ``n`` (``n`` itself when there is none)."""
-    return min(n, allowed_removal(n - 1, channels, multiple, zero_ok))
+    return min(n, allowed_removal(n - 1, channels, multiple))
 
 
 def removed_counts(policy: Policy, macs_model: MacsModel) -> list[int]:

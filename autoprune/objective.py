@@ -223,7 +223,14 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
             m.cpu()
 
     model.cpu()
-    result = prune.apply(model, projected, scoring, example_inputs=inputs, between_steps=between)
+    result = prune.apply(
+        model,
+        projected,
+        scoring,
+        example_inputs=inputs,
+        between_steps=between,
+        macs_model=macs_model,
+    )
     timings["score"] = result.score_seconds
     timings["prune"] = time.perf_counter() - t0 - result.score_seconds
     macs, params = count_macs_params(result.model, inputs)

@@ -47,6 +47,10 @@ class GroupPolicy:
     chosen_from: list[str] | None = (
         None  # set on applied policies when criterion was picked by `auto`
     )
+    # channels removed at each iterative step, set on applied policies whose steps did not
+    # split the rate evenly (a class threshold, or the budget's last-step settling), so a
+    # replay removes the same channels at the same steps
+    steps: list[int] | None = None
 
 
 @dataclass
@@ -141,6 +145,8 @@ class Policy:
             entry: dict[str, Any] = {"rate": g.rate, "criterion": g.criterion}
             if g.chosen_from is not None:
                 entry["chosen_from"] = list(g.chosen_from)
+            if g.steps is not None:
+                entry["steps"] = list(g.steps)
             groups[name] = entry
         out["groups"] = groups
         if self.depth.drop_blocks:
@@ -224,7 +230,7 @@ class Policy:
                 entry = {"rate": entry}
             if not isinstance(entry, dict):
                 raise UserError(f"{where} must be a mapping like {{rate: 0.3, criterion: l1}}")
-            _reject_unknown(entry, {"rate", "criterion", "chosen_from"}, where)
+            _reject_unknown(entry, {"rate", "criterion", "chosen_from", "steps"}, where)
             rate = _number(entry.get("rate", 0.0), f"{where}.rate")
             if not 0.0 <= rate < 1.0:
                 raise UserError(
@@ -235,10 +241,20 @@ class Policy:
                 raise UserError(
                     f"{where}.chosen_from must be a list of criterion names, got {chosen!r}"
                 )
+            steps = entry.get("steps")
+            if steps is not None and (
+                not isinstance(steps, list)
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in steps)
+            ):
+                raise UserError(
+                    f"{where}.steps must be a list of channel counts >= 0, one per iterative step, "
+                    f"got {steps!r}"
+                )
             groups[str(name)] = GroupPolicy(
                 rate=rate,
                 criterion=str(entry.get("criterion", "l1")),
                 chosen_from=[str(c) for c in chosen] if chosen is not None else None,
+                steps=list(steps) if steps is not None else None,
             )
         target = raw.get("target_macs_ratio")
         if target is not None:

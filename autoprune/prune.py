@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autoprune import depth
-from autoprune.budget import SAFETY_MARGIN, allowed_removal, next_removal, refine
+from autoprune.budget import ChannelBudget, allowed_removal
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
 from autoprune.groups import (
@@ -77,6 +77,7 @@ def apply(
     *,
     example_inputs: torch.Tensor | None = None,
     between_steps: Callable[[nn.Module, int], None] | None = None,
+    macs_model: MacsModel | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``policy`` and return what was done.
 
@@ -84,7 +85,10 @@ def apply(
     dependency graph, then for each of ``schedule.iterative_steps`` steps score every group
     that still has channels to lose with its criterion (computing each criterion once per step
     for all the groups that use it) and remove the lowest-scored channels. Between steps
-    ``between_steps(model, step)`` may fine-tune.
+    ``between_steps(model, step)`` may fine-tune. With a MACs target, the last step's counts
+    are settled by the :class:`~autoprune.budget.ChannelBudget` on the exact count of the
+    ranked channels, so the pruned model lands on the target however a group's channels are
+    spread over its layers.
 
     Args:
         model: the base model, unpruned, with its weights loaded.
@@ -93,68 +97,74 @@ def apply(
             allows only data-free criteria.
         example_inputs: a batch for tracing; defaults to zeros of ``policy.model.input_shape``.
         between_steps: called after every step but the last.
+        macs_model: a :class:`MacsModel` of ``model`` after its blocks are dropped (saves a
+            trace when the policy has a single step).
 
     Raises:
         UserError: the policy does not fit the model (unknown group/criterion, another model).
     """
     inputs = example_inputs if example_inputs is not None else policy.model.example_inputs()
     target = policy.target_macs_ratio
-    # With a MACs target, channels the class threshold spares are taken elsewhere (see
-    # ``_keep_budget``), which needs the base MACs the target is relative to.
-    base_macs = (
-        float(count_macs_params(model, inputs)[0])
-        if target is not None and policy.class_aware.min_classes is not None
-        else None
-    )
+    # With a MACs target the last step is counted against it, relative to the base's MACs.
+    base_macs = None
+    if target is not None and macs_model is None:
+        base_macs = float(count_macs_params(model, inputs)[0])
     if policy.depth.drop_blocks:
         depth.drop_blocks(model, policy.depth.drop_blocks, inputs)
     graph = build_graph(model, inputs)
     groups = current_groups(model, graph)
     policy.validate_against(policy.model, list(groups))
+    if target is not None and macs_model is None:
+        macs_model = MacsModel(model, inputs, base_macs, graph=graph)
     base_channels = {name: len(g[0].idxs) for name, g in groups.items()}
     multiple = policy.channel_multiple
+    steps = policy.schedule.iterative_steps
     todo = {
-        name: removal_schedule(
-            allowed_removal(
-                channels_to_remove(gp.rate, base_channels[name]), base_channels[name], multiple
-            ),
-            policy.schedule.iterative_steps,
-        )
+        name: _plan(name, gp, base_channels[name], multiple, steps)
         for name, gp in policy.groups.items()
     }
+    done: dict[str, list[int]] = {name: [] for name in todo}
+    # per group, the base channel each current channel is, and the base channels removed so far
+    survivors = {name: list(range(base_channels[name])) for name in todo}
+    gone: dict[str, list[int]] = {name: [] for name in todo}
     applied = replace(policy, groups={k: replace(v) for k, v in policy.groups.items()})
     ctx = ScoringContext.create(model, graph, policy, scoring)
     removed: dict[str, list[int]] = {}
-    removed_total = dict.fromkeys(todo, 0)
     scoring_started = time.perf_counter()
     # Loss-aware selection picks each group's criterion once, on the base model, even for a
     # group whose first step removes nothing.
     _resolve_auto(
         applied,
-        {n: view_of(n, groups[n], graph) for n, plan in todo.items() if sum(plan) > 0},
+        {
+            n: view_of(n, groups[n], graph)
+            for n, plan in todo.items()
+            if sum(plan) > 0 and applied.groups[n].criterion == "auto"
+        },
         ctx,
     )
     score_seconds = time.perf_counter() - scoring_started
-    for step in range(policy.schedule.iterative_steps):
+    for step in range(steps):
         ctx.step = step
+        last = step == steps - 1
+        settling = last and target is not None
         if step > 0:
             groups = current_groups(model, graph)
+        # The last step of a budgeted policy ranks every group it prunes: settling on the
+        # target may take a channel more, or one fewer, from any of them.
         views = {
             name: view_of(name, groups[name], graph)
             for name, plan in todo.items()
-            if plan[step] > 0
+            if plan[step] > 0 or (settling and sum(plan) > 0)
         }
-        if not views:
-            continue
-        by_criterion: dict[str, list[GroupView]] = {}
-        for name, view in views.items():
-            by_criterion.setdefault(applied.groups[name].criterion, []).append(view)
         scores: dict[str, torch.Tensor] = {}
-        scoring_started = time.perf_counter()
-        for crit_name, crit_views in sorted(by_criterion.items()):
-            scores.update(ctx.scores(crit_name, crit_views))
-        score_seconds += time.perf_counter() - scoring_started
-        counts = {name: todo[name][step] for name in views}
+        if views:
+            by_criterion: dict[str, list[GroupView]] = {}
+            for name, view in views.items():
+                by_criterion.setdefault(applied.groups[name].criterion, []).append(view)
+            scoring_started = time.perf_counter()
+            for crit_name, crit_views in sorted(by_criterion.items()):
+                scores.update(ctx.scores(crit_name, crit_views))
+            score_seconds += time.perf_counter() - scoring_started
         for name, view in views.items():
             s = scores[name].detach().float().cpu()
             if s.shape != (view.channels,) or not torch.isfinite(s).all():
@@ -163,46 +173,52 @@ def apply(
                     f"shape {tuple(s.shape)}, expected ({view.channels},), finite"
                 )
             scores[name] = s
+        counts = {name: todo[name][step] for name in views}
         below = {
             name: int((scores[name] < threshold).sum())
             for name in views
             if (threshold := _class_threshold(applied, name)) is not None
         }
-        if any(below[n] < counts[n] for n in below):
-            if step + 1 < policy.schedule.iterative_steps:
-                # The class-aware paper's loop: what the threshold spares now is offered again
-                # after the next rescoring (and fine-tune, if any).
-                for name, n_below in below.items():
-                    if n_below < counts[name]:
-                        todo[name][step + 1] += counts[name] - n_below
-                        counts[name] = n_below
-            elif target is None:
-                # No budget to keep: the threshold caps the rates as written.
-                counts.update(
-                    {
-                        n: allowed_removal(
-                            min(counts[n], b),
-                            views[n].channels,
-                            multiple,
-                            zero_ok=views[n].channels == base_channels[n],
-                        )
-                        for n, b in below.items()
-                    }
-                )
-            else:
-                assert base_macs is not None
-                counts = _keep_budget(
-                    model,
-                    inputs,
-                    base_macs,
-                    target,
-                    counts,
-                    below,
-                    base_channels,
-                    ctx.counters,
-                    policy.scoring.max_rate if policy.scoring.max_rate is not None else 0.9,
-                    multiple,
-                )
+        if not last and any(below[n] < counts[n] for n in below):
+            # The class-aware paper's loop: what the threshold spares now is offered again
+            # after the next rescoring (and fine-tune, if any).
+            for name, n_below in below.items():
+                if n_below < counts[name]:
+                    todo[name][step + 1] += counts[name] - n_below
+                    counts[name] = n_below
+        elif settling:
+            assert macs_model is not None and target is not None
+            # Current channels ranked lowest score first (ties by index), as base channels.
+            orders = {
+                name: [survivors[name][int(k)] for k in torch.argsort(scores[name], stable=True)]
+                for name in views
+            }
+            counts = _settle(
+                macs_model,
+                target,
+                counts,
+                below,
+                gone,
+                orders,
+                ctx.counters,
+                policy.scoring.max_rate if policy.scoring.max_rate is not None else 0.9,
+                multiple,
+            )
+        elif last and any(below[n] < counts[n] for n in below):
+            # No budget to keep: the threshold caps the rates as written.
+            counts.update(
+                {
+                    n: allowed_removal(
+                        min(counts[n], b),
+                        views[n].channels,
+                        multiple,
+                        zero_ok=views[n].channels == base_channels[n],
+                    )
+                    for n, b in below.items()
+                }
+            )
+        for name, plan in done.items():
+            plan.append(counts.get(name, 0))
         # Prune in a fixed (policy) order; groups are independent so the order does not change
         # which channels go, only the order of entries in the history.
         for name in views:
@@ -213,19 +229,26 @@ def apply(
             idxs = sorted(int(i) for i in order[:n])
             if step == 0:
                 removed[name] = idxs
-            removed_total[name] += n
+            dropped = set(idxs)
+            gone[name] += [survivors[name][k] for k in idxs]
+            survivors[name] = [c for k, c in enumerate(survivors[name]) if k not in dropped]
             root = groups[name][0].dep.target.module
             pruning_group = graph.get_pruning_group(root, groups[name][0].dep.handler, idxs)
             if not graph.check_pruning_group(pruning_group):
                 raise RuntimeError(f"torch-pruning refused to prune {n} channels of group {name}")
             pruning_group.prune()
-        if between_steps is not None and step < policy.schedule.iterative_steps - 1:
+        if between_steps is not None and not last:
             between_steps(model, step)
-    if target is not None:
-        # The applied rates say what went, so an exported policy replays to the same channels.
-        for name, n in removed_total.items():
-            if channels_to_remove(applied.groups[name].rate, base_channels[name]) != n:
-                applied.groups[name].rate = round(n / base_channels[name], 6)
+    # The applied rates (and, where the steps did not split them evenly, the counts per step)
+    # say what went, so an exported policy replays to the same channels.
+    for name, lost in gone.items():
+        n = len(lost)
+        if channels_to_remove(applied.groups[name].rate, base_channels[name]) != n:
+            applied.groups[name].rate = round(n / base_channels[name], 6)
+        if steps > 1 and done[name] != removal_schedule(n, steps):
+            applied.groups[name].steps = list(done[name])
+        else:
+            applied.groups[name].steps = None
     return PruneResult(
         model=model,
         history=[list(h) for h in graph.pruning_history()],
@@ -236,70 +259,83 @@ def apply(
     )
 
 
-def _keep_budget(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    base_macs: float,
+def _plan(name: str, gp: GroupPolicy, channels: int, multiple: int, steps: int) -> list[int]:
+    """Channels group ``name`` loses at each iterative step: the policy's record, or an even split."""
+    total = allowed_removal(channels_to_remove(gp.rate, channels), channels, multiple)
+    if gp.steps is None:
+        return removal_schedule(total, steps)
+    if len(gp.steps) != steps or sum(gp.steps) != channels_to_remove(gp.rate, channels):
+        raise UserError(
+            f"groups.{name}.steps = {gp.steps} does not fit rate {gp.rate} of {channels} channels "
+            f"over {steps} iterative steps: it must list {steps} counts adding up to "
+            f"{channels_to_remove(gp.rate, channels)}; remove 'steps' to split the rate evenly"
+        )
+    return list(gp.steps)
+
+
+def _settle(
+    mm: MacsModel,
     target: float,
     counts: dict[str, int],
     below: dict[str, int],
-    base_channels: dict[str, int],
+    gone: dict[str, list[int]],
+    orders: dict[str, list[int]],
     counters: dict[str, int],
     max_rate: float,
     multiple: int = 1,
 ) -> dict[str, int]:
-    """Removal counts of the last step that honour the class threshold and keep the MACs target.
+    """The last step's removal counts, settled on the exact MACs of the ranked channels.
 
-    With ``multiple`` > 1 every count leaves a multiple of it (see ``budget.allowed_removal``).
+    ``mm`` is the MACs model of the model before any step; ``gone`` the base channels earlier
+    steps removed; ``orders`` the base channels each group would lose next, lowest score first.
+    Counts the plan holds are kept when their exact count meets the target (always, where each
+    layer of a group holds all of its channels); otherwise the
+    :class:`~autoprune.budget.ChannelBudget` walks and refines them on the exact count, above
+    what earlier steps removed.
 
-    The rule: the threshold decides which channels are candidates, the budget how many go. A
-    class-aware group loses at most its channels below the threshold; the channels it is spared
-    are taken from the policy's other pruned groups (each in proportion to its planned share,
-    under the rate cap) and from class-aware groups with candidates to spare. Only when those
-    cannot reach the target does the budget win: the plan goes as projected, the lowest class
-    counts first, and ``counters['class_threshold_overridden']`` says how many channels at or
-    above the threshold went.
+    The class threshold decides which channels are candidates, the budget how many go: a
+    class-aware group loses at most its channels below the threshold, and the channels it is
+    spared go from the other groups this policy prunes (``counters['class_threshold_spared']``).
+    Only when those cannot reach the target does the budget win, the lowest class counts going
+    first (``counters['class_threshold_overridden']``).
+
+    Raises:
+        UserError: no counts land within the tolerance of the target (too coarse a model).
     """
-    mm = MacsModel(model, inputs, base_macs)
     names = mm.group_names
-    planned = [counts.get(n, 0) for n in names]
-    # A group an earlier step pruned must end on a multiple too: losing nothing more is no
-    # option for it unless it already is one (see ``budget.allowed_removal``).
-    zero_ok = [base_channels.get(n, c) == c for n, c in zip(names, mm.channels, strict=True)]
-    caps = []
-    for i, (n, current) in enumerate(zip(names, mm.channels, strict=True)):
-        if planned[i] == 0:
-            caps.append(0)  # only groups this step prunes take channels
-        elif n in below:
-            caps.append(allowed_removal(min(below[n], current - 1), current, multiple, zero_ok[i]))
-        else:
-            already = base_channels[n] - current
-            cap = max(0, min(current - 1, int(max_rate * base_channels[n] + 1e-9) - already))
-            caps.append(allowed_removal(cap, current, multiple, zero_ok[i]))
-    removed = [
-        allowed_removal(min(p, c), current, multiple, ok)
-        for p, c, current, ok in zip(planned, caps, mm.channels, zero_ok, strict=True)
+    floors = [len(gone.get(n, ())) for n in names]
+    planned = [floor + counts.get(n, 0) for n, floor in zip(names, floors, strict=True)]
+    rate_caps = [
+        max(floor, min(c - 1, int(max_rate * c + 1e-9))) if n in counts else floor
+        for n, c, floor in zip(names, mm.channels, floors, strict=True)
     ]
-    aim = target - SAFETY_MARGIN
-
-    def step_up(i: int) -> int | None:
-        nxt = next_removal(removed[i], mm.channels[i], multiple)
-        return nxt if nxt is not None and nxt <= caps[i] else None
-
-    while mm.ratio(removed) > aim:
-        open_groups = [i for i in range(len(names)) if step_up(i) is not None]
-        if not open_groups:
-            overridden = sum(max(0, counts[n] - b) for n, b in below.items())
-            counters["class_threshold_overridden"] = (
-                counters.get("class_threshold_overridden", 0) + overridden
-            )
-            return counts
-        best = min(open_groups, key=lambda i: ((removed[i] + 1) / planned[i], i))
-        removed[best] = step_up(best) or removed[best] + 1
-    removed = refine(mm, removed, caps, aim, multiple, zero_ok)
+    threshold_caps = [
+        min(cap, floor + below[n]) if n in below else cap
+        for n, cap, floor in zip(names, rate_caps, floors, strict=True)
+    ]
+    ranked = {i: gone.get(n, []) + orders[n] for i, n in enumerate(names) if n in orders}
+    owner = ChannelBudget(mm, target, threshold_caps, multiple, floors, mm.counter(ranked))
+    settled = owner.fit(planned)
     spared = sum(max(0, counts[n] - b) for n, b in below.items())
-    counters["class_threshold_spared"] = counters.get("class_threshold_spared", 0) + spared
-    return {n: removed[names.index(n)] for n in counts}
+    if settled is None and spared:
+        owner.caps = rate_caps  # the budget wins over the threshold
+        settled = owner.fit(planned)
+        if settled is not None:
+            counters["class_threshold_overridden"] = counters.get(
+                "class_threshold_overridden", 0
+            ) + sum(
+                max(0, settled[i] - floors[i] - below[n]) for i, n in enumerate(names) if n in below
+            )
+    elif spared:
+        counters["class_threshold_spared"] = counters.get("class_threshold_spared", 0) + spared
+    if settled is None or not owner.accepts(settled):
+        reached = owner.ratio(settled if settled is not None else planned)
+        raise UserError(
+            f"target_macs_ratio {target:.3f} is unreachable within the tolerance for this "
+            f"policy's ranked channels: the closest count is a MACs ratio of {reached:.3f}; "
+            "give more groups a rate > 0 or choose another target"
+        )
+    return {n: settled[names.index(n)] - floors[names.index(n)] for n in counts}
 
 
 def _class_threshold(policy: Policy, group: str) -> float | None:
@@ -316,8 +352,8 @@ def _resolve_auto(applied: Policy, views: dict[str, GroupView], ctx: ScoringCont
         return
     chosen, pool = ctx.select_auto(auto_views)
     for name, criterion in chosen.items():
-        applied.groups[name] = GroupPolicy(
-            rate=applied.groups[name].rate, criterion=criterion, chosen_from=list(pool)
+        applied.groups[name] = replace(
+            applied.groups[name], criterion=criterion, chosen_from=list(pool)
         )
 
 
