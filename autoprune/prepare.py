@@ -23,6 +23,7 @@ from autoprune.base import (
     ensure_default_base,
     load_base,
 )
+from autoprune.budget import SAFETY_MARGIN, base_macs_model, check_reachable, reachable_floor
 from autoprune.config import SearchConfig
 from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
@@ -56,6 +57,29 @@ def resolve_base(config: SearchConfig, log: Log) -> BaseCheckpoint:
         f"no base checkpoint for {config.model} on {config.dataset}: pass --base-checkpoint PATH, or train one with "
         f"`autoprune train --model {config.model} --dataset {config.dataset} --epochs N` (it is cached at {cached})"
     )
+
+
+def lowest_target(space: SearchSpace, base: BaseCheckpoint, config: SearchConfig) -> float:
+    """The lowest MACs target a policy of ``space`` reaches on ``base``; raises when the
+    search's own target is below it, before any trial runs.
+
+    Counted on the base with no block dropped (a policy may drop none), with every group at
+    ``space.max_rate`` in steps of ``--channel-multiple``. Explore brackets sample targets above
+    it, so no trial is asked for what no policy can reach.
+
+    Raises:
+        UserError: the target is out of reach, naming the groups that cannot shrink and the
+            smallest budget that works.
+    """
+    inputs = base.spec.example_inputs()
+    macs_model = base_macs_model(base.sha256, base.build, inputs)
+    what = (
+        base.spec.name
+        if config.macs_target is None
+        else (f"{base.spec.name} (the MACs target calibrated for --budget-latency)")
+    )
+    check_reachable(macs_model, config.target(), space.max_rate, config.channel_multiple, what)
+    return reachable_floor(macs_model, space.max_rate, config.channel_multiple) + SAFETY_MARGIN
 
 
 def block_ranking(base: BaseCheckpoint, config: SearchConfig) -> dict[str, list[str]]:
@@ -92,6 +116,7 @@ def space_context(
         )
     ctx = build_context(base, config.target(), config.seed, ranking)
     ctx.channel_multiple = config.channel_multiple
+    ctx.min_target = lowest_target(space, base, config)
     if space.priors:
         # Raw rates: budget projection rounds them to --channel-multiple like any policy's.
         ctx.priors = compute_priors(

@@ -97,6 +97,8 @@ def search(
         stored = studies.stored_config(storage, name, config)
         target = prepare.latency_macs_target(config, space, base, stored, log)
         config = replace(config, macs_target=target)  # explore brackets sample below it
+    # An unreachable target stops here, in one line, before the study is touched.
+    prepare.lowest_target(space, base, config)
     study = studies.create_or_load(storage, name, config, sampler)
     existing = studies.trial_count(study)
     if existing:

@@ -252,7 +252,8 @@ class SearchSpace:
                 the candidate targets the budget (no ``target_macs_ratio`` param).
         """
         if explore:
-            trial.suggest_float("target_macs_ratio", min(self.target_low, ctx.budget), ctx.budget)
+            low = min(max(self.target_low, ctx.min_target), ctx.budget)
+            trial.suggest_float("target_macs_ratio", low, ctx.budget)
         units = ctx.rate_units(self.granularity)
         if self.priors:
             if len(self.priors) > 1:
@@ -411,6 +412,7 @@ class SpaceContext:
     seed: int = 0
     priors: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> group -> rate
     channel_multiple: int = 1  # --channel-multiple: pruned groups keep a multiple of it
+    min_target: float = 0.0  # the lowest MACs ratio a policy reaches (explore targets stay above)
 
     def rate_units(self, granularity: str) -> list[str]:
         if granularity == "group":
