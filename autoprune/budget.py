@@ -380,6 +380,27 @@ def reachable_floor(mm: MacsModel, max_rate: float, multiple: int = 1) -> float:
     return mm.ratio(_full_caps(mm, max_rate, multiple))
 
 
+MAX_CAP = 0.99  # the highest max_rate a space may give (a group keeps a channel)
+
+
+def cap_reaching(mm: MacsModel, target: float, max_rate: float, multiple: int = 1) -> float:
+    """The smallest ``max_rate`` (at least the given one, rounded up to 0.01) at which
+    ``target`` is reachable; ``max_rate`` itself when it already is, :data:`MAX_CAP` when
+    nothing under it is (then :func:`check_reachable` says why)."""
+    if reachable_floor(mm, max_rate, multiple) <= target - SAFETY_MARGIN:
+        return max_rate
+    low, high = max_rate, MAX_CAP
+    if reachable_floor(mm, high, multiple) > target - SAFETY_MARGIN:
+        return MAX_CAP
+    for _ in range(30):  # the floor falls as the cap rises; bisect the cap
+        mid = (low + high) / 2
+        if reachable_floor(mm, mid, multiple) <= target - SAFETY_MARGIN:
+            high = mid
+        else:
+            low = mid
+    return min(MAX_CAP, math.ceil(high * 100 - 1e-9) / 100)
+
+
 def check_reachable(
     mm: MacsModel, target: float, max_rate: float, multiple: int = 1, what: str = "the model"
 ) -> None:

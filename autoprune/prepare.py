@@ -23,7 +23,13 @@ from autoprune.base import (
     ensure_default_base,
     load_base,
 )
-from autoprune.budget import SAFETY_MARGIN, base_macs_model, check_reachable, reachable_floor
+from autoprune.budget import (
+    SAFETY_MARGIN,
+    base_macs_model,
+    cap_reaching,
+    check_reachable,
+    reachable_floor,
+)
 from autoprune.config import SearchConfig
 from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
@@ -59,13 +65,20 @@ def resolve_base(config: SearchConfig, log: Log) -> BaseCheckpoint:
     )
 
 
-def lowest_target(space: SearchSpace, base: BaseCheckpoint, config: SearchConfig) -> float:
+def lowest_target(
+    space: SearchSpace,
+    base: BaseCheckpoint,
+    config: SearchConfig,
+    log: Callable[[str], None] | None = None,
+) -> float:
     """The lowest MACs target a policy of ``space`` reaches on ``base``; raises when the
     search's own target is below it, before any trial runs.
 
     Counted on the base with no block dropped (a policy may drop none), with every group at
     ``space.max_rate`` in steps of ``--channel-multiple``. Explore brackets sample targets above
-    it, so no trial is asked for what no policy can reach.
+    it, so no trial is asked for what no policy can reach. A bundled space's ``max_rate`` is
+    raised (in place, and said through ``log``) as far as the target needs: the user asked for
+    the budget, not for the cap a packaged file happens to carry.
 
     Raises:
         UserError: the target is out of reach, naming the groups that cannot shrink and the
@@ -78,6 +91,16 @@ def lowest_target(space: SearchSpace, base: BaseCheckpoint, config: SearchConfig
         if config.macs_target is None
         else (f"{base.spec.name} (the MACs target calibrated for --budget-latency)")
     )
+    if space.bundled:
+        cap = cap_reaching(macs_model, config.target(), space.max_rate, config.channel_multiple)
+        if cap > space.max_rate:
+            if log is not None:
+                log(
+                    f"MACs target {config.target():g} needs deeper cuts than the {space.name} "
+                    f"space's max_rate {space.max_rate:g}: this search lets a group lose up to "
+                    f"{cap:g} of its channels"
+                )
+            space.max_rate = cap
     check_reachable(macs_model, config.target(), space.max_rate, config.channel_multiple, what)
     return reachable_floor(macs_model, space.max_rate, config.channel_multiple) + SAFETY_MARGIN
 

@@ -98,7 +98,7 @@ def search(
         target = prepare.latency_macs_target(config, space, base, stored, log)
         config = replace(config, macs_target=target)  # explore brackets sample below it
     # An unreachable target stops here, in one line, before the study is touched.
-    prepare.lowest_target(space, base, config)
+    prepare.lowest_target(space, base, config, log)
     study = studies.create_or_load(storage, name, config, sampler)
     existing = studies.trial_count(study)
     if existing:

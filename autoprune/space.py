@@ -13,7 +13,7 @@ listed by ``autoprune spaces``) or any path::
     max_rate: 0.9                   # cap on any group's rate after projection
     criteria: [l1, fpgm, energy]    # allowed criteria
     criterion_per: stage            # group | stage | global: where a criterion is chosen
-    target_macs_ratio: {low: 0.3, explore: 0.25}  # upper end: --budget-flops; explore: see below
+    target_macs_ratio: {relative_low: 0.6, explore: 0.25}  # upper end: --budget-flops; see below
     retrain: {epochs: [1.0], lr: {low: 0.01, high: 0.05, log: true}, regularizer: [none]}
     iterative_steps: [1, 2]
     class_threshold: {low: 1.0, high: 4.0}   # sampled when class_aware is chosen; null: never
@@ -26,6 +26,11 @@ candidate is a baseline; the sampler moves stages away from them.
 **Targets.** A search answers two questions: the best policy *at* the budget, and the front
 below it. A share ``explore`` of the searched brackets (default a quarter) samples its target in
 ``[low, budget]`` for the front; all others target the budget itself, and baselines always do.
+``relative_low: F`` puts ``low`` at ``F x budget``, so the targets follow any budget (the
+bundled spaces do this); ``low: X`` is an absolute floor and must not exceed the budget. No
+target is sampled below what the model reaches at ``max_rate``. A bundled space's ``max_rate``
+gives way when the budget needs more (``--budget-flops 0.05``), and the search says so; a
+``max_rate`` in a user's own file is kept, and a budget below its reach is refused.
 
 Sampling (:meth:`SearchSpace.sample`) only calls ``trial.suggest_*``: it is pure and cheap, as
 Ray Tune's define-by-run interface requires. :meth:`SearchSpace.to_policy` turns the sampled
@@ -84,6 +89,7 @@ class SearchSpace:
     criteria: list[str] = field(default_factory=lambda: ["l1"])
     criterion_per: str = "group"
     target_low: float = 0.3
+    relative_low: float | None = None  # set: the explore floor is relative_low x budget
     retrain_epochs: list[float] = field(default_factory=lambda: [1.0])
     retrain_lr: Range = field(default_factory=lambda: Range(0.01, 0.05, log=True))
     regularizers: list[str] = field(default_factory=lambda: ["none"])
@@ -177,14 +183,23 @@ class SearchSpace:
             space.criteria = [str(n) for n in names]
         if "target_macs_ratio" in raw:
             t = raw["target_macs_ratio"]
-            if not isinstance(t, dict) or set(t) - {"low", "explore"}:
+            if (
+                not isinstance(t, dict)
+                or set(t) - {"low", "relative_low", "explore"}
+                or {"low", "relative_low"} <= set(t)
+            ):
                 raise UserError(
-                    f"{source}: field 'target_macs_ratio' must be {{low: X, explore: SHARE}} "
-                    "(the high end is --budget-flops)"
+                    f"{source}: field 'target_macs_ratio' must be {{low: X, explore: SHARE}} or "
+                    "{relative_low: SHARE OF THE BUDGET, explore: SHARE} (the high end is "
+                    "--budget-flops)"
                 )
             space.target_low = _float(
                 t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0
             )
+            if "relative_low" in t:
+                space.relative_low = _float(
+                    t["relative_low"], "target_macs_ratio.relative_low", source, 0.01, 1.0
+                )
             space.explore = _float(
                 t.get("explore", space.explore), "target_macs_ratio.explore", source, 0.0, 1.0
             )
@@ -235,11 +250,21 @@ class SearchSpace:
             space.max_blocks_per_stage = m
         return space
 
+    @property
+    def bundled(self) -> bool:
+        """Whether the space is one of the package's own files (the user did not write it)."""
+        return bool(self.source) and Path(self.source).resolve().parent == spaces_dir().resolve()
+
+    def explore_low(self, budget: float) -> float:
+        """The lowest target an explore bracket samples at ``budget`` (before the model's floor)."""
+        return self.relative_low * budget if self.relative_low is not None else self.target_low
+
     def check_budget(self, budget: float) -> None:
-        if self.target_low > budget:
+        if self.relative_low is None and self.target_low > budget:
             raise UserError(
                 f"{self.source}: target_macs_ratio.low = {self.target_low} is above --budget-flops {budget}; "
-                "lower it in the space file or raise the budget"
+                "lower it in the space file, write it as relative_low (a share of the budget), "
+                "or raise the budget"
             )
 
     # ------------------------------------------------------------------ sampling (pure)
@@ -252,7 +277,7 @@ class SearchSpace:
                 the candidate targets the budget (no ``target_macs_ratio`` param).
         """
         if explore:
-            low = min(max(self.target_low, ctx.min_target), ctx.budget)
+            low = min(max(self.explore_low(ctx.budget), ctx.min_target), ctx.budget)
             trial.suggest_float("target_macs_ratio", low, ctx.budget)
         units = ctx.rate_units(self.granularity)
         if self.priors:
