@@ -54,7 +54,8 @@ def test_bundled_spaces_load_and_sample_valid_policies(path: Path) -> None:
     policy = space.to_policy(params, ctx)
     assert set(policy.groups) == set(ctx.group_names)
     assert (
-        policy.target_macs_ratio is not None and space.explore_low(0.5) <= policy.target_macs_ratio <= 0.5
+        policy.target_macs_ratio is not None
+        and space.explore_low(0.5) <= policy.target_macs_ratio <= 0.5
     )
     policy.validate_against(ctx.spec, ctx.group_names)
     assert all(g.criterion in space.criteria for g in policy.groups.values())
