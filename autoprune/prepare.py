@@ -123,9 +123,12 @@ def space_context(
     base: BaseCheckpoint,
     config: SearchConfig,
     objective: ObjectiveConfig,
+    min_target: float,
     log: Log = print,
 ) -> SpaceContext:
     """The base model as the search space sees it: groups, stages, ranked blocks, rate priors.
+
+    ``min_target`` is :func:`lowest_target`'s answer, asked once before the study is opened.
 
     Blocks are ranked only when the space may drop some; the priors are computed only when the
     space samples around them (the sensitivity curves come from their on-disk cache when a
@@ -139,7 +142,7 @@ def space_context(
         )
     ctx = build_context(base, config.target(), config.seed, ranking)
     ctx.channel_multiple = config.channel_multiple
-    ctx.min_target = lowest_target(space, base, config)
+    ctx.min_target = min_target
     if space.priors:
         # Raw rates: budget projection rounds them to --channel-multiple like any policy's.
         ctx.priors = compute_priors(

@@ -98,7 +98,7 @@ def search(
         target = prepare.latency_macs_target(config, space, base, stored, log)
         config = replace(config, macs_target=target)  # explore brackets sample below it
     # An unreachable target stops here, in one line, before the study is touched.
-    prepare.lowest_target(space, base, config, log)
+    min_target = prepare.lowest_target(space, base, config, log)
     study = studies.create_or_load(storage, name, config, sampler)
     existing = studies.trial_count(study)
     if existing:
@@ -112,7 +112,7 @@ def search(
     studies.save_config(study, config)
     studies.recover_stale_trials(study, log)
     objective = prepare.objective_config(config, space)
-    ctx = prepare.space_context(space, base, config, objective, log)
+    ctx = prepare.space_context(space, base, config, objective, min_target, log)
     url = config.storage or studies.default_storage_url()
     done = studies.complete_count(study)
     missing = config.trials - done
