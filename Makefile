@@ -20,7 +20,7 @@ export RAY_DEDUP_LOGS := 0
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,postgres,onnx,timm,dashboard,nni]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,postgres,onnx,timm,dashboard,nni,peers]"
 	touch $@
 
 # The editable install is refreshed every time: a cached venv may point at another clone.

@@ -1,0 +1,138 @@
+"""The peer adapters of benchmarks/peers.py on a tiny network, and the benchmark's report.
+
+Each peer must hand back a model under the MACs budget (by autoprune's counter) that autoprune's
+own fine-tune and evaluation accept. The libraries come with the ``peers`` extra, which CI
+installs; without it these tests are skipped and say which import failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.data.splits import TensorSplit
+from autoprune.macs import count_macs_params
+from autoprune.train import Retrain, TrainConfig, evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers
+import peers_vs_search
+
+MISSING = peers.missing()
+CPU = torch.device("cpu")
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+
+
+def images(count: int, seed: int) -> TensorSplit:
+    generator = torch.Generator().manual_seed(seed)
+    return TensorSplit(
+        torch.randn(count, 1, 8, 8, generator=generator),
+        torch.randint(0, 10, (count,), generator=generator),
+    )
+
+
+def accepted(model: nn.Module, budget: float, base_macs: int) -> None:
+    """Under the budget by our counter, and our fine-tune and evaluation run on it."""
+    example = torch.zeros(1, 1, 8, 8)
+    assert count_macs_params(model, example)[0] <= budget * base_macs
+    fit(model, images(64, 1), TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=32), CPU)
+    result = evaluate(model, images(40, 2), CPU)
+    assert result.samples == 40 and 0.0 <= result.accuracy <= 1.0
+    assert torch.isfinite(torch.tensor(result.loss))
+
+
+@pytest.mark.skipif("torch-pruning" in MISSING, reason=MISSING.get("torch-pruning", ""))
+@pytest.mark.parametrize("importance", peers.TP_IMPORTANCES)
+def test_torch_pruning_global_lands_under_the_budget_and_fine_tunes(importance: str) -> None:
+    model = tiny()
+    example = torch.zeros(1, 1, 8, 8)
+    base_macs = count_macs_params(model, example)[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = peers.torch_pruning_global(
+        model, example, 0.4, importance=importance, calibration=images(128, 0), steps=3
+    )
+    assert 0.4 - 0.05 <= result.macs_ratio <= 0.4  # bisected onto the budget, not far below
+    assert result.detail["iterative_steps"] == 3 and 0 < result.detail["pruning_ratio"] < 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy pruned
+    accepted(result.model, 0.4, base_macs)
+
+
+@pytest.mark.skipif("torch-pruning" in MISSING, reason=MISSING.get("torch-pruning", ""))
+def test_torch_pruning_says_why_when_the_budget_is_out_of_its_reach() -> None:
+    with pytest.raises(peers.PeerUnavailable, match=r"above the budget 0\.001"):
+        peers.torch_pruning_global(tiny(), torch.zeros(1, 1, 8, 8), 0.001, max_pruning_ratio=0.5)
+
+
+@pytest.mark.skipif("fastnas" in MISSING, reason=MISSING.get("fastnas", ""))
+def test_fastnas_lands_under_the_budget_and_fine_tunes(tmp_path: Path) -> None:
+    model = tiny()
+    example = torch.zeros(1, 1, 8, 8)
+    base_macs = count_macs_params(model, example)[0]
+    checkpoint = tmp_path / "fastnas.pth"
+    result = peers.fastnas(
+        model, example, 0.5, train=images(400, 0), score=images(64, 3), checkpoint=checkpoint,
+        batch_size=8,
+    )  # fmt: skip
+    assert result.macs_ratio <= 0.5
+    assert checkpoint.exists()  # the sensitivity map a later budget reuses
+    assert not [m for m in result.model.modules() if "modelopt" in type(m).__module__]
+    accepted(result.model, 0.5, base_macs)
+    # A second budget of the same model reuses the map and still lands under its budget.
+    again = peers.fastnas(
+        model, example, 0.3, train=images(400, 0), score=images(64, 3), checkpoint=checkpoint,
+        batch_size=8,
+    )  # fmt: skip
+    assert again.macs_ratio <= 0.3
+
+
+def _row(method: str, seed: int, acc: float, **extra: object) -> dict:
+    return {
+        "network": "resnet20", "budget": 0.3, "seed": seed, "method": method, "kind": "x",
+        "test_images": 10000, "test_accuracy": acc, "val_accuracy": acc, "macs_ratio": 0.3,
+        "select_wall_s": 10.0, "select_epochs": 0.1, "finetune_wall_s": 5.0,
+        "finetune_epochs": 0.5, **extra,
+    }  # fmt: skip
+
+
+def test_report_pairs_margins_by_seed_and_names_what_could_not_run(tmp_path: Path) -> None:
+    rows = [
+        _row("uniform-l1", 0, 0.80), _row("uniform-l1", 1, 0.90),
+        _row(peers_vs_search.SEARCHED, 0, 0.82), _row(peers_vs_search.SEARCHED, 1, 0.93),
+        {"network": "resnet20", "budget": 0.3, "seed": 0, "method": "FastNAS (ModelOpt)",
+         "kind": "fastnas", "test_images": 10000, "status": "FastNAS: no subnet under 30%"},
+    ]  # fmt: skip
+    _header, lines = peers_vs_search.table(rows, "resnet20", 0.3)
+    by_method = {line[0]: line for line in lines}
+    # paired: differences 2 and 3 points -> 2.50 ± 0.50, though the unpaired spread is 5 points
+    assert by_method["uniform-l1"][2] == "+2.50 ± 0.50"
+    assert by_method["uniform-l1"][1] == "0.8500 ± 0.0500"
+    assert "no subnet under 30%" in by_method["FastNAS (ModelOpt)"][1]
+    assert lines[-1][0] == peers_vs_search.SEARCHED and lines[-1][2] == "—"
+    meta = {"command": "c", "profile": "cpu", "date": "d", "machine": "m", "torch": "t",
+            "settings": {"replay_epochs": 0.5}}  # fmt: skip
+    doc = tmp_path / "benchmarks.md"
+    peers_vs_search.write_markdown(rows, meta, doc, tmp_path / "images")
+    text = doc.read_text()
+    assert "| uniform-l1 | 0.8500 ± 0.0500 | +2.50 ± 0.50 |" in text
+    assert (tmp_path / "images" / "resnet20-b0.3.png").read_bytes()[:4] == b"\x89PNG"
