@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS := 1
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: setup demo test lint typecheck pytest clean
+.PHONY: setup demo test lint typecheck pytest benchmark clean
 
 # No file prerequisites: the path itself changes when the dependencies do, and a fresh
 # clone's newer timestamps must not trigger a reinstall.
@@ -41,6 +41,16 @@ pytest: setup
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# autoprune's searched winner against hand-written policies, Torch-Pruning and ModelOpt FastNAS on
+# Fashion-MNIST (docs/benchmarks.md). PROFILE=cpu: about an hour on 2 cores (plus ~20 minutes to
+# train the ResNet-20 base once); PROFILE=gpu: ResNet-56 and MobileNetV2 on one GPU.
+PROFILE ?= cpu
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+benchmark: setup
+	@test -d $(FASHION_MNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "could not install Debian's dataset-fashion-mnist here: install it, or the search will say what is missing"
+	$(BIN)/python benchmarks/peers_vs_search.py --profile $(PROFILE)
 
 clean:
 	rm -rf studies/base studies/cache studies/*.db policies/_scratch

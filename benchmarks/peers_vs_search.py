@@ -1,0 +1,420 @@
+"""autoprune's searched winner against hand-written policies and the tools a user would pick instead.
+
+    make benchmark                                             # the cpu profile (about an hour, 2 cores)
+    python benchmarks/peers_vs_search.py --profile cpu
+    python benchmarks/peers_vs_search.py --profile gpu        # ResNet-56 and MobileNetV2, one GPU
+    python benchmarks/peers_vs_search.py --report benchmarks/results/peers-cpu.json   # tables again
+
+Fashion-MNIST. For every (network, budget, seed) it runs ``autoprune search`` (its baselines are
+trials of the same study: uniform rates per criterion, global ranking, the sensitivity
+allocation), then replays every baseline and the best *searched* policy at the budget with the
+same final fine-tune (``replay --epochs E``). The peers prune the same base with their own
+libraries (benchmarks/peers.py): Torch-Pruning's global iterative pruning with magnitude and
+with Taylor importance, and ModelOpt FastNAS; their models get that same fine-tune (the
+baselines' recipe, E epochs, the same seed) and the same evaluation.
+
+Per (network, budget) it prints one block: test accuracy mean +- SE over seeds, the paired
+margin of autoprune's winner over each method (mean +- SE of the per-seed differences), MACs
+ratio, the wall time spent choosing the model, and the epochs fine-tuned (while choosing + the
+final fine-tune). Results go to ``--out`` as JSON, ``docs/benchmarks.md`` is rewritten from
+them and one plot per setting goes to ``docs/images/benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DATASET = "fashion-mnist"
+SEARCHED = "autoprune (searched)"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much of the benchmark one run covers; sized for its machine."""
+
+    networks: tuple[str, ...]
+    budgets: tuple[float, ...]
+    seeds: tuple[int, ...]
+    trials: int  # COMPLETE trials per search, baselines included
+    replay_epochs: float  # the final fine-tune every method gets
+    base_epochs: dict[str, float]  # the base recipe: `autoprune train --epochs N` per network
+    fastnas_score_images: int  # val images FastNAS scores each candidate width on
+    space: str = "fashion-mnist"
+    executor: str = "ray"
+    max_concurrent: int = 2
+
+
+PROFILES = {
+    # About an hour on 2 cores once the base exists (training it adds ~20 minutes, once).
+    # MobileNetV2 is left to the gpu profile: one epoch of it on Fashion-MNIST is too slow here.
+    "cpu": Profile(
+        networks=("resnet20",),
+        budgets=(0.3, 0.2),
+        seeds=(0, 1, 2),
+        trials=14,
+        replay_epochs=0.5,
+        base_epochs={"resnet20": 10},
+        fastnas_score_images=500,
+    ),
+    # One H200, at most 8 minutes once bases exist (gpu_campaign.py carries the dataset in).
+    "gpu": Profile(
+        networks=("resnet56", "mobilenetv2"),
+        budgets=(0.5, 0.3, 0.2),
+        seeds=(0, 1, 2),
+        trials=20,
+        replay_epochs=3.0,
+        base_epochs={"resnet56": 30, "mobilenetv2": 30},
+        fastnas_score_images=1000,
+        max_concurrent=8,
+    ),
+}
+
+
+def ensure_base(network: str, epochs: float, log: Any) -> Path:
+    """The network's Fashion-MNIST base (``autoprune train`` recipe), trained here when missing."""
+    from autoprune.base import default_base_path, train_base
+
+    path = default_base_path(network, DATASET)
+    if not path.exists():
+        log(f"training the {network} base: autoprune train --model {network} "
+            f"--dataset {DATASET} --epochs {epochs:g}")  # fmt: skip
+        train_base(network, DATASET, epochs, path)
+    return path
+
+
+def _trial_wall(trial: Any) -> float:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return float("nan")
+
+
+def _epochs(trial: Any) -> float:
+    return float(trial.user_attrs.get("policy", {}).get("retrain", {}).get("epochs", 0.0))
+
+
+def run_setting(
+    network: str, base: Path, budget: float, profile: Profile, out: Path, log: Any
+) -> list[dict]:
+    """Every method at one (network, budget), over the profile's seeds: one row each."""
+    import peers
+    import torch
+
+    from autoprune import study as studies
+    from autoprune.base import load_base
+    from autoprune.checkpoint import replay
+    from autoprune.config import SearchConfig
+    from autoprune.objective import load_splits
+    from autoprune.policy import Policy
+    from autoprune.runner import search
+    from autoprune.train import TrainConfig, evaluate, fit, select_device
+
+    device = select_device("auto")
+    loaded = load_base(base)
+    splits = load_splits(DATASET, None)
+    example = loaded.spec.example_inputs().to(device)
+    rows: list[dict] = []
+    storage = f"sqlite:///{(out / 'peers.db').resolve()}"
+
+    def row(seed: int, method: str, kind: str, **values: Any) -> dict:
+        r = {"network": network, "budget": budget, "seed": seed, "method": method, "kind": kind,
+             "test_images": len(splits.test), **values}  # fmt: skip
+        rows.append(r)
+        if "test_accuracy" in r:
+            log(f"{network:<12} {budget:>4g} {seed:>4} {method:<26} test {r['test_accuracy']:.4f} "
+                f"MACs {r['macs_ratio']:.3f}  choose {r['select_wall_s']:.0f} s")  # fmt: skip
+        else:
+            log(f"{network:<12} {budget:>4g} {seed:>4} {method:<26} {r['status']}")
+        return r
+
+    # The peers' models do not depend on the seed (each is a fixed rule on the base): cut once.
+    peer_models: dict[str, Any] = {}
+    missing = peers.missing()
+    model = loaded.build().to(device)
+    for importance in peers.TP_IMPORTANCES:
+        name = f"torch-pruning global ({importance})"
+        if "torch-pruning" in missing:
+            peer_models[name] = f"not installed: {missing['torch-pruning']}"
+            continue
+        try:
+            peer_models[name] = peers.torch_pruning_global(
+                model, example, budget, importance=importance, calibration=splits.calibration,
+                device=device,
+            )  # fmt: skip
+        except peers.PeerUnavailable as exc:
+            peer_models[name] = str(exc)
+    if "fastnas" in missing:
+        peer_models["FastNAS (ModelOpt)"] = f"not installed: {missing['fastnas']}"
+    else:
+        score = torch.utils.data.Subset(splits.val, range(profile.fastnas_score_images))
+        try:
+            peer_models["FastNAS (ModelOpt)"] = peers.fastnas(
+                model, example, budget, train=splits.calibration, score=score, device=device,
+                checkpoint=out / "fastnas" / f"{network}-{loaded.sha256[:12]}.pth",
+            )  # fmt: skip
+        except peers.PeerUnavailable as exc:
+            peer_models["FastNAS (ModelOpt)"] = str(exc)
+
+    for seed in profile.seeds:
+        name = f"peers-{network}-b{budget:g}-s{seed}-{loaded.sha256[:8]}"
+        config = SearchConfig(
+            model=network, base_checkpoint=str(base), budget_flops=budget, dataset=DATASET,
+            space=profile.space, seed=seed, executor=profile.executor, storage=storage,
+            study=name, trials=profile.trials, max_concurrent=profile.max_concurrent,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        search(config, log=lambda _line: None, quiet=True, export=False)
+        search_wall = time.perf_counter() - t0
+        study = studies.load_study(studies.open_storage(storage), name)
+        complete = studies.completed_trials(study)
+        picks = [(t.user_attrs[studies.BASELINE_ATTR], t) for t in studies.baseline_trials(study)]
+        searched = studies.best_searched(study, budget)
+        if searched is not None:
+            picks.append((SEARCHED, searched))
+        else:
+            row(seed, SEARCHED, "searched", status="no searched trial at the budget")
+        recipe = None
+        for label, trial in picks:
+            policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number}")
+            if label == "uniform-l1":
+                recipe = policy
+            t1 = time.perf_counter()
+            result = replay(
+                policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
+                out=out / "checkpoints" / f"{name}-{label}.pt", log=lambda _line: None,
+            )  # fmt: skip
+            is_searched = label == SEARCHED
+            row(
+                seed, label, "searched" if is_searched else label.split("-")[0],
+                test_accuracy=result.test_accuracy, val_accuracy=result.val_accuracy,
+                macs_ratio=result.macs_ratio,
+                select_wall_s=search_wall if is_searched else _trial_wall(trial),
+                select_epochs=sum(_epochs(t) for t in complete) if is_searched else _epochs(trial),
+                finetune_wall_s=time.perf_counter() - t1, finetune_epochs=profile.replay_epochs,
+            )  # fmt: skip
+        assert recipe is not None, "the search ran without the uniform-l1 baseline"
+        # The peers' fine-tune: the baselines' recipe and seed, the replay's epochs and loop.
+        train_config = TrainConfig(
+            replace(recipe.retrain, epochs=profile.replay_epochs), cudnn_benchmark=False
+        )
+        for method, made in peer_models.items():
+            kind = "fastnas" if method.startswith("FastNAS") else "torch-pruning"
+            if isinstance(made, str):
+                row(seed, method, kind, status=made)
+                continue
+            tuned = copy.deepcopy(made.model)
+            t1 = time.perf_counter()
+            fit(tuned, splits.train, train_config, device, seed=recipe.seed)
+            finetune_wall = time.perf_counter() - t1
+            row(
+                seed, method, kind,
+                test_accuracy=evaluate(tuned, splits.test, device).accuracy,
+                val_accuracy=evaluate(tuned, splits.val, device).accuracy,
+                macs_ratio=made.macs_ratio, select_wall_s=made.wall_s, select_epochs=0.0,
+                finetune_wall_s=finetune_wall, finetune_epochs=profile.replay_epochs,
+                detail=made.detail,
+            )  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------------------------- the report
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return mean, se
+
+
+def table(rows: list[dict], network: str, budget: float) -> tuple[list[str], list[list[str]]]:
+    """One block of the report: a line per method, autoprune's winner last."""
+    mine = [r for r in rows if r["network"] == network and r["budget"] == budget]
+    ours = {
+        r["seed"]: r["test_accuracy"]
+        for r in mine
+        if r["method"] == SEARCHED and "test_accuracy" in r
+    }
+    methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] != SEARCHED))
+    methods.append(SEARCHED)
+    header = ["method", "test acc (mean ± SE)", "autoprune − it, pt (paired)", "MACs",
+              "choose s", "epochs (choose + final)", "seeds"]  # fmt: skip
+    lines = []
+    for method in methods:
+        got = [r for r in mine if r["method"] == method]
+        done = [r for r in got if "test_accuracy" in r]
+        if not done:
+            why = got[0]["status"] if got else "not run"
+            lines.append([method, f"— ({why})", "", "", "", "", "0"])
+            continue
+        mean, se = _mean_se([r["test_accuracy"] for r in done])
+        diffs = [100 * (ours[r["seed"]] - r["test_accuracy"]) for r in done if r["seed"] in ours]
+        if method == SEARCHED or not diffs:
+            margin = "—"
+        else:
+            d, dse = _mean_se(diffs)
+            margin = f"{d:+.2f} ± {dse:.2f}"
+        lines.append([
+            method, f"{mean:.4f} ± {se:.4f}", margin,
+            f"{statistics.fmean(r['macs_ratio'] for r in done):.3f}",
+            f"{statistics.fmean(r['select_wall_s'] for r in done):.0f}",
+            f"{statistics.fmean(r['select_epochs'] for r in done):.2g} + {done[0]['finetune_epochs']:g}",
+            str(len(done)),
+        ])  # fmt: skip
+    return header, lines
+
+
+def binomial_se(rows: list[dict], network: str, budget: float) -> float:
+    """One binomial SE of a single test accuracy at this setting, in points."""
+    accs = [r["test_accuracy"] for r in rows
+            if r["network"] == network and r["budget"] == budget and "test_accuracy" in r]  # fmt: skip
+    p = statistics.fmean(accs)
+    return 100 * math.sqrt(p * (1 - p) / rows[0]["test_images"])
+
+
+def settings(rows: list[dict]) -> list[tuple[str, float]]:
+    return list(dict.fromkeys((r["network"], r["budget"]) for r in rows))
+
+
+def print_tables(rows: list[dict]) -> None:
+    for network, budget in settings(rows):
+        header, lines = table(rows, network, budget)
+        widths = [max(len(c) for c in col) for col in zip(header, *lines, strict=True)]
+        print(f"\n{network} on {DATASET}, MACs budget {budget:g} "
+              f"(one test accuracy's binomial SE: {binomial_se(rows, network, budget):.2f} pt)")  # fmt: skip
+        for line in [header, *lines]:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+
+
+def plot(rows: list[dict], network: str, budget: float, path: Path) -> Path:
+    """Test accuracy against MACs ratio, every method (mean ± SE over seeds), the budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    mine = [
+        r
+        for r in rows
+        if r["network"] == network and r["budget"] == budget and "test_accuracy" in r
+    ]
+    for method in dict.fromkeys(r["method"] for r in mine):
+        got = [r for r in mine if r["method"] == method]
+        acc, se = _mean_se([r["test_accuracy"] for r in got])
+        macs = statistics.fmean(r["macs_ratio"] for r in got)
+        style = (
+            {"marker": "*", "markersize": 14, "color": "crimson"}
+            if method == SEARCHED
+            else {"marker": "o"}
+        )
+        ax.errorbar(macs, acc, yerr=0 if math.isnan(se) else se, label=method, capsize=3, **style)
+    ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:g}")
+    ax.set_xlabel("MACs ratio (pruned / base)")
+    ax.set_ylabel("test accuracy after the equal fine-tune")
+    ax.set_title(f"{network} on {DATASET}, budget {budget:g}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_markdown(rows: list[dict], meta: dict, path: Path, images: Path) -> None:
+    """``docs/benchmarks.md``: generated from the JSON, never typed."""
+    out = [
+        "# Benchmarks: autoprune's searched winner against hand-written policies and peers",
+        "",
+        "<!-- generated by benchmarks/peers_vs_search.py from its JSON; do not edit -->",
+        "",
+        f"Command: `{meta['command']}` (profile `{meta['profile']}`), {meta['date']}, "
+        f"{meta['machine']}, torch {meta['torch']}.",
+        "",
+        "Every method's model gets the same final fine-tune "
+        f"({meta['settings']['replay_epochs']:g} epochs, the baselines' recipe and seed) and is "
+        "measured on Fashion-MNIST's 10,000-image test split. *autoprune − it* is the paired "
+        "margin (same seed, same base) of autoprune's searched winner over the method, mean ± SE "
+        "of the per-seed differences; *choose s* is the wall time spent choosing the model "
+        "(the whole search for autoprune; one trial for a baseline; the library's call for a "
+        "peer); epochs are fine-tune epochs while choosing + in the final fine-tune.",
+        "",
+    ]
+    for network, budget in settings(rows):
+        header, lines = table(rows, network, budget)
+        out += [f"## {network}, MACs budget {budget:g}", "",
+                f"One test accuracy's binomial SE: {binomial_se(rows, network, budget):.2f} pt.", "",
+                "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        image = plot(rows, network, budget, images / f"{network}-b{budget:g}.png")
+        out += ["", f"![{network} at {budget:g}]({os.path.relpath(image, path.parent)})", ""]
+    path.write_text("\n".join(out) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--images", type=Path, default=Path("docs/images/benchmarks"))
+    parser.add_argument("--report", type=Path, help="only print and write the report of a JSON")
+    args = parser.parse_args(argv)
+
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print_tables(saved["rows"])
+        write_markdown(saved["rows"], saved["meta"], args.docs, args.images)
+        return 0
+
+    import torch
+
+    from autoprune.errors import UserError
+
+    profile = PROFILES[args.profile]
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": f"python benchmarks/peers_vs_search.py --profile {args.profile}",
+        "profile": args.profile,
+        "settings": {k: v for k, v in asdict(profile).items()},
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": (
+            f"{torch.cuda.get_device_name()}"
+            if torch.cuda.is_available()
+            else f"{os.cpu_count()} CPU cores ({platform.machine()})"
+        ),
+        "torch": torch.__version__,
+    }
+    result = args.out / f"peers-{args.profile}.json"
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        for network in profile.networks:
+            base = ensure_base(network, profile.base_epochs[network], print)
+            for budget in profile.budgets:
+                rows += run_setting(network, base, budget, profile, args.out, print)
+                meta["wall_s"] = time.perf_counter() - t0
+                result.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    except UserError as exc:  # e.g. Fashion-MNIST missing: the message says how to install it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_tables(rows)
+    write_markdown(rows, meta, args.docs, args.images)
+    print(f"\n{result}, {args.docs} and {args.images}/ written in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
