@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -36,7 +38,7 @@ from autoprune.groups import classifier_layers
 from autoprune.macs import count_macs_params
 from autoprune.train import evaluate, recalibrate_batchnorm
 
-# What each peer needs, and why the pin (see pyproject's ``peers`` extra).
+# The modules each peer imports (pyproject's ``peers`` extra installs them).
 REQUIREMENTS = {
     "torch-pruning": ["torch_pruning"],
     "fastnas": ["modelopt.torch.prune", "torchprofile"],
@@ -174,7 +176,6 @@ def torch_pruning_global(
             best, high = (pruned, achieved, ratio), ratio
         else:
             low = ratio
-    assert best is not None
     pruned, achieved, ratio = best
     return PeerResult(
         pruned.cpu(),
@@ -290,27 +291,14 @@ def _plain(model: nn.Module) -> nn.Module:
     return model
 
 
-class _quiet:
-    """Keep ModelOpt's progress bars and prints out of the benchmark's table (to ``log``)."""
-
-    def __init__(self, log: Callable[[str], Any] | None) -> None:
-        self.log = log
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._buffer = io.StringIO()
-        self._redirect = [
-            contextlib.redirect_stdout(self._buffer),
-            contextlib.redirect_stderr(self._buffer),
-        ]
-        for r in self._redirect:
-            r.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        for r in reversed(self._redirect):
-            r.__exit__(None, None, None)
-        if self.log is not None:
-            for line in self._buffer.getvalue().splitlines()[-5:]:
-                self.log(line)
+@contextmanager
+def _quiet(log: Callable[[str], Any] | None) -> Iterator[None]:
+    """Keep ModelOpt's progress bars and prints out of the benchmark's table (their tail to ``log``)."""
+    buffer = io.StringIO()
+    try:
+        with redirect_stdout(buffer), redirect_stderr(buffer):
+            yield
+    finally:
+        if log is not None:
+            for line in buffer.getvalue().splitlines()[-5:]:
+                log(line)

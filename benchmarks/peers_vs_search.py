@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": f"python benchmarks/peers_vs_search.py --profile {args.profile}",
         "profile": args.profile,
-        "settings": {k: v for k, v in asdict(profile).items()},
+        "settings": asdict(profile),
         "date": time.strftime("%Y-%m-%d"),
         "machine": (
             f"{torch.cuda.get_device_name()}"
