@@ -58,14 +58,17 @@ class Profile:
 
 
 PROFILES = {
-    # About an hour on 2 cores once the base exists (training it adds ~20 minutes, once).
-    # MobileNetV2 is left to the gpu profile: one epoch of it on Fashion-MNIST is too slow here.
+    # About 70 minutes on 2 cores once the base exists (training it adds ~20 minutes, once):
+    # the six searches take ~17 of them, the peers' calls ~5, the final fine-tunes the rest
+    # (with 0.5 epochs of final fine-tune instead of 0.3 it took 82 minutes).
+    # MobileNetV2 is left to the gpu profile: an epoch of it on Fashion-MNIST takes ~11 minutes
+    # on 2 cores (4.8x ResNet-20's 2.3), so its base alone would take the hour.
     "cpu": Profile(
         networks=("resnet20",),
         budgets=(0.3, 0.2),
         seeds=(0, 1, 2),
         trials=14,
-        replay_epochs=0.5,
+        replay_epochs=0.3,
         base_epochs={"resnet20": 10},
         fastnas_score_images=500,
     ),
@@ -95,13 +98,34 @@ def ensure_base(network: str, epochs: float, log: Any) -> Path:
     return path
 
 
+def uniform_extras(space_name: str, have: set[str]) -> list[str]:
+    """Scoring criteria of the space with no ``uniform-`` baseline among the search's trials."""
+    from autoprune import criteria
+    from autoprune.space import SearchSpace
+
+    offered = SearchSpace.load(space_name).criteria
+    return [c for c in offered
+            if not criteria.get(c).is_selection_rule and f"uniform-{c}" not in have]  # fmt: skip
+
+
+def with_criterion(policy: Any, criterion: str) -> Any:
+    """The same policy (rates, recipe, seed) with every group scored by ``criterion``."""
+    groups = {name: replace(g, criterion=criterion, chosen_from=None)
+              for name, g in policy.groups.items()}  # fmt: skip
+    return replace(policy, groups=groups, measured={})
+
+
 def _trial_wall(trial: Any) -> float:
+    if trial is None:  # a row derived from another trial's policy: nothing was spent choosing it
+        return 0.0
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return float("nan")
 
 
 def _epochs(trial: Any) -> float:
+    if trial is None:
+        return 0.0
     return float(trial.user_attrs.get("policy", {}).get("retrain", {}).get("epochs", 0.0))
 
 
@@ -186,10 +210,21 @@ def run_setting(
         else:
             row(seed, SEARCHED, "searched", status="no searched trial at the budget")
         recipe = None
+        jobs: list[tuple[str, Policy, Any]] = []
         for label, trial in picks:
             policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number}")
+            jobs.append((label, policy, trial))
             if label == "uniform-l1":
                 recipe = policy
+        assert recipe is not None, "the search ran without the uniform-l1 baseline"
+        # The default baselines leave out data-free criteria other than l1 (fpgm): the table
+        # still has a uniform row per criterion, at uniform-l1's rates and recipe, replayed only.
+        at = 1 + max(i for i, (label, _, _) in enumerate(jobs) if label.startswith("uniform-"))
+        jobs[at:at] = [
+            (f"uniform-{c}", with_criterion(recipe, c), None)
+            for c in uniform_extras(profile.space, {label for label, _ in picks})
+        ]
+        for label, policy, trial in jobs:
             t1 = time.perf_counter()
             result = replay(
                 policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
@@ -202,9 +237,9 @@ def run_setting(
                 macs_ratio=result.macs_ratio,
                 select_wall_s=search_wall if is_searched else _trial_wall(trial),
                 select_epochs=sum(_epochs(t) for t in complete) if is_searched else _epochs(trial),
+                **({} if trial is not None else {"derived": "uniform-l1's rates, not a trial"}),
                 finetune_wall_s=time.perf_counter() - t1, finetune_epochs=profile.replay_epochs,
             )  # fmt: skip
-        assert recipe is not None, "the search ran without the uniform-l1 baseline"
         # The peers' fine-tune: the baselines' recipe and seed, the replay's epochs and loop.
         train_config = TrainConfig(
             replace(recipe.retrain, epochs=profile.replay_epochs), cudnn_benchmark=False
