@@ -36,7 +36,13 @@ from autoprune.files import studies_dir
 from autoprune.latency import Latency, LatencySettings, measure
 from autoprune.macs import count_macs_params
 from autoprune.policy import BaseRef, Policy, Scoring
-from autoprune.train import TrainConfig, evaluate, fit, recalibrate_batchnorm, select_device
+from autoprune.train import (
+    TrainConfig,
+    evaluate,
+    finetune_pruned,
+    recalibrate_batchnorm,
+    select_device,
+)
 
 Log = Callable[[str], Any]
 
@@ -59,7 +65,8 @@ class ObjectiveConfig:
     batch_size: int = 128  # fine-tuning batch size
     num_workers: int = 0  # DataLoader workers for image-decoding datasets
     precision: str = "auto"  # fine-tune autocast (train.PRECISIONS); evaluation is always fp32
-    bn_recalibration_batches: int = 8  # BN statistics re-estimated when a policy has no fine-tune
+    # BN statistics re-estimated around every fine-tune, and instead of one when a policy has none
+    bn_recalibration_batches: int = 8
     proxy_batches: int = 8  # adaptive-BN proxy: training batches its BN statistics come from
     proxy_batch_size: int = 64
     proxy_images: int = 2000  # adaptive-BN proxy: val images it is measured on (a fixed subset)
@@ -219,7 +226,12 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
         step_config = _train_config(projected, config, projected.schedule.finetune_between_steps)
 
         def between(m: nn.Module, step: int) -> None:
-            fit(m, splits.train, step_config, device, seed=projected.seed + 1000 * (step + 1))
+            finetune_pruned(
+                m, splits.train, splits.calibration, step_config, device,
+                seed=projected.seed + 1000 * (step + 1),
+                teacher=base.build() if step_config.retrain.distill.on else None,
+                bn_batches=config.bn_recalibration_batches,
+            )  # fmt: skip
             m.cpu()
 
     model.cpu()
@@ -385,15 +397,21 @@ def _train_config(policy: Policy, config: ObjectiveConfig, epochs: float) -> Tra
 def finetune(
     pruned: Pruned, config: ObjectiveConfig, epochs: float, log: Log | None = None
 ) -> None:
-    """Fine-tune a pruned model in place; with 0 epochs only BatchNorm statistics are refreshed."""
+    """Fine-tune a pruned model in place (:func:`~autoprune.train.finetune_pruned`: BatchNorm
+    statistics re-estimated before and after, the base as teacher when the policy distils); with
+    0 epochs only BatchNorm statistics are refreshed."""
     t0 = time.perf_counter()
     if epochs > 0:
-        fit(
+        train_config = _train_config(pruned.policy, config, epochs)
+        finetune_pruned(
             pruned.model,
             pruned.splits.train,
-            _train_config(pruned.policy, config, epochs),
+            pruned.splits.calibration,
+            train_config,
             pruned.device,
             seed=pruned.policy.seed,
+            teacher=pruned.base.build() if train_config.retrain.distill.on else None,
+            bn_batches=config.bn_recalibration_batches,
             log=log,
         )
     elif config.bn_recalibration_batches > 0:

@@ -33,7 +33,7 @@ from autoprune import criteria
 from autoprune.errors import UserError
 from autoprune.files import parse_yaml, read_text_file, write_text
 from autoprune.models import ModelSpec
-from autoprune.train import Retrain
+from autoprune.train import Distill, Retrain
 
 SCHEMA = "autoprune.policy/1"
 
@@ -159,7 +159,9 @@ class Policy:
                 "images": self.loss_aware.images,
             }
         out["schedule"] = dict(vars(self.schedule))
-        out["retrain"] = dict(vars(self.retrain))
+        out["retrain"] = {k: v for k, v in vars(self.retrain).items() if k != "distill"}
+        if self.retrain.distill.on:  # written only when on, so older policies read the same
+            out["retrain"]["distill"] = dict(vars(self.retrain.distill))
         if self.scoring != Scoring():
             out["scoring"] = {k: v for k, v in vars(self.scoring).items() if v is not None}
         out["seed"] = self.seed
@@ -273,7 +275,7 @@ class Policy:
             class_aware=_section(ClassAware, raw.get("class_aware"), f"{source}: class_aware"),
             loss_aware=_section(LossAware, raw.get("loss_aware"), f"{source}: loss_aware"),
             schedule=_section(Schedule, raw.get("schedule"), f"{source}: schedule"),
-            retrain=_section(Retrain, raw.get("retrain"), f"{source}: retrain"),
+            retrain=_retrain(raw.get("retrain"), f"{source}: retrain"),
             scoring=_section(Scoring, raw.get("scoring"), f"{source}: scoring"),
             seed=_integer(raw.get("seed", 0), f"{source}: seed"),
             measured=_measured(raw.get("measured"), f"{source}: measured"),
@@ -432,6 +434,16 @@ def _digest(value: Any, where: str) -> str | None:
             f"{where} = {value!r} must be 'sha256:' and 64 hex digits (written by autoprune)"
         )
     return text
+
+
+def _retrain(raw: Any, where: str) -> Retrain:
+    """The ``retrain`` section, with its nested ``distill: {alpha, temperature}``."""
+    if not isinstance(raw, dict) or "distill" not in raw:
+        return _section(Retrain, raw, where)
+    rest = {k: v for k, v in raw.items() if k != "distill"}
+    retrain: Retrain = _section(Retrain, rest, where)
+    retrain.distill = _section(Distill, raw["distill"], f"{where}.distill")
+    return retrain
 
 
 def _section(cls: Any, raw: Any, where: str) -> Any:

@@ -40,7 +40,7 @@ params into a :class:`~autoprune.policy.Policy`; search and replay both use it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from autoprune.files import parse_yaml, read_text_file
 from autoprune.groups import build_graph, current_groups
 from autoprune.models import ModelSpec
 from autoprune.policy import BaseRef, ClassAware, Depth, GroupPolicy, Policy, Schedule
-from autoprune.train import REGULARIZERS, Retrain
+from autoprune.train import REGULARIZERS, Distill, Retrain
 
 SCHEMA = "autoprune.space/1"
 GRANULARITIES = ("group", "stage", "global")
@@ -93,6 +93,7 @@ class SearchSpace:
     retrain_epochs: list[float] = field(default_factory=lambda: [1.0])
     retrain_lr: Range = field(default_factory=lambda: Range(0.01, 0.05, log=True))
     regularizers: list[str] = field(default_factory=lambda: ["none"])
+    distill: Distill = field(default_factory=Distill)  # every candidate's fine-tune (not searched)
     iterative_steps: list[int] = field(default_factory=lambda: [1])
     class_threshold: Range | None = None
     max_blocks_per_stage: int = 0
@@ -205,9 +206,22 @@ class SearchSpace:
             )
         if "retrain" in raw:
             r = raw["retrain"]
-            if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer"}:
+            if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer", "distill"}:
                 raise UserError(
-                    f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}) and regularizer (list)"
+                    f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}), "
+                    "regularizer (list) and distill ({alpha, temperature})"
+                )
+            if "distill" in r:
+                d = r["distill"]
+                if not isinstance(d, dict) or set(d) - {"alpha", "temperature"}:
+                    raise UserError(
+                        f"{source}: field 'retrain.distill' takes alpha (0..1) and temperature (> 0)"
+                    )
+                space.distill = Distill(
+                    alpha=_float(d.get("alpha", 0.0), "retrain.distill.alpha", source, 0.0, 1.0),
+                    temperature=_float(
+                        d.get("temperature", 4.0), "retrain.distill.temperature", source, 1e-3, 1e3
+                    ),
                 )
             if "epochs" in r:
                 space.retrain_epochs = [
@@ -417,6 +431,7 @@ class SearchSpace:
                 epochs=float(params.get("retrain_epochs", 1.0)),
                 lr=float(params.get("retrain_lr", 0.02)),
                 regularizer=str(params.get("regularizer", "none")),
+                distill=replace(self.distill),
             ),
             seed=ctx.seed,
         )

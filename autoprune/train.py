@@ -46,6 +46,28 @@ _FINITE_CHECK_STEPS = 25
 
 
 @dataclass
+class Distill:
+    """Knowledge distillation from the unpruned base during a fine-tune (Hinton et al., 2015).
+
+    The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(p_teacher || p_student)``
+    with both distributions softened by temperature ``T``; ``alpha`` 0 is plain cross-entropy.
+    """
+
+    alpha: float = 0.0  # weight of the distillation term, in [0, 1]
+    temperature: float = 4.0  # softening of both distributions, > 0
+
+    def validate(self, where: str = "retrain.distill") -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"{where}.alpha = {self.alpha} must be in [0, 1] (0: no distillation)")
+        if self.temperature <= 0:
+            raise UserError(f"{where}.temperature = {self.temperature} must be > 0")
+
+    @property
+    def on(self) -> bool:
+        return self.alpha > 0
+
+
+@dataclass
 class Retrain:
     """A (re)training recipe: a policy's ``retrain`` section, and what :func:`fit` runs.
 
@@ -59,9 +81,11 @@ class Retrain:
     schedule: str = "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%), "constant"
     regularizer: str = "none"  # "none" or "orthogonal" (kernel orthogonality on 3x3 convs)
     regularizer_weight: float = 0.01  # weight of the regulariser term in the loss
+    distill: Distill = field(default_factory=Distill)  # from the unpruned base; off by default
 
     def validate(self, where: str = "retrain") -> None:
         """Raise a :class:`UserError` naming ``where`` (e.g. the policy file) for a bad value."""
+        self.distill.validate(f"{where}.distill")
         if self.epochs < 0:
             raise UserError(f"{where}.epochs = {self.epochs} must be >= 0 (0: no fine-tune)")
         if self.lr <= 0:
@@ -228,6 +252,31 @@ def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
+def distillation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    distill: Distill,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``(1 - a) * CE + a * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+
+    The ``T^2`` keeps the soft term's gradients on the scale of the hard term's whatever ``T``
+    (Hinton et al.); at ``alpha`` 0 this is exactly the cross-entropy.
+    """
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if not distill.on:
+        return hard
+    t = distill.temperature
+    soft = F.kl_div(
+        F.log_softmax(logits.float() / t, dim=1),
+        F.log_softmax(teacher_logits.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - distill.alpha) * hard + distill.alpha * t * t * soft
+
+
 def _lr_factor(schedule: str, step: int, total: int) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
@@ -254,6 +303,7 @@ def fit(
     seed: int = 0,
     log: Log | None = None,
     val: Dataset | None = None,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``config.retrain.epochs`` (fractional) epochs and return it.
 
@@ -265,9 +315,20 @@ def fit(
         seed: seeds the shuffling order and torch's RNG, for repeatable runs.
         log: called with one line per epoch (loss, accuracy, optional val accuracy, time).
         val: evaluated after every full epoch when given (only for the log line).
+        teacher: the network distilled from when the recipe asks for it (``retrain.distill``);
+            run in eval mode without gradients on every training batch, never changed.
+
+    Raises:
+        ValueError: the recipe distils but no teacher was given (a caller's bug).
     """
     recipe = config.retrain
     recipe.validate()
+    if recipe.distill.on and teacher is None:
+        raise ValueError("retrain.distill.alpha > 0 needs the teacher (the unpruned base)")
+    if teacher is not None and recipe.distill.on:
+        teacher.to(device).eval()
+    else:
+        teacher = None
     model.to(device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)  # type: ignore[arg-type]
     total_steps = math.ceil(recipe.epochs * steps_per_epoch)
@@ -311,7 +372,16 @@ def fit(
                     images = images.contiguous(memory_format=torch.channels_last)
                 with precision.autocast():
                     logits = model(images)
-                    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                    if teacher is None:
+                        loss = F.cross_entropy(
+                            logits, labels, label_smoothing=config.label_smoothing
+                        )
+                    else:
+                        with torch.no_grad():
+                            taught = teacher(images)
+                        loss = distillation_loss(
+                            logits, labels, taught, recipe.distill, config.label_smoothing
+                        )
                 if recipe.regularizer == "orthogonal":
                     loss = loss + recipe.regularizer_weight * orthogonality_penalty(model)
                 precision.step(loss, optimizer)
@@ -336,6 +406,36 @@ def fit(
     if config.channels_last:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
+    return model
+
+
+def finetune_pruned(
+    model: nn.Module,
+    train: Dataset,
+    calibration: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    bn_batches: int = 8,
+    log: Log | None = None,
+) -> nn.Module:
+    """Fine-tune a freshly pruned model: :func:`fit` between two BatchNorm re-estimates.
+
+    Pruning leaves every BatchNorm holding the base's statistics for channels that now see
+    other inputs. :func:`fit` updates them by an exponential average (momentum 0.1), so a short
+    fine-tune of a few dozen steps would end with part of the base's stale statistics still in
+    them, and measure below the adaptive-BN figure it started from. So the statistics are
+    re-estimated on ``bn_batches`` calibration batches before the first step (the fine-tune
+    starts from the pruned network's own statistics) and again after the last (they match the
+    final weights). ``teacher`` is the unpruned base when the recipe distils; ``bn_batches`` 0
+    skips both re-estimates.
+    """
+    if bn_batches > 0:
+        recalibrate_batchnorm(model, calibration, device, num_batches=bn_batches)
+    fit(model, train, config, device, seed=seed, log=log, teacher=teacher)
+    if bn_batches > 0 and config.retrain.epochs > 0:
+        recalibrate_batchnorm(model, calibration, device, num_batches=bn_batches)
     return model
 
 
