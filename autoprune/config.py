@@ -51,6 +51,10 @@ class SearchConfig:
     loader_workers: int | None = None
     calibration_images: int = 256  # images data-driven criteria score on
     screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
+    # successive halving over fine-tune length once the study is full: rung r fine-tunes the
+    # best 1/eta of rung r-1's trials at the budget for eta**r times the epochs (1: no ladder)
+    rungs: int = 1
+    eta: int = 3
     baselines: str = "default"  # default | all | none: baseline trials enqueued first
     max_failures: int = 0  # Ray: times Tune re-runs a trial whose worker died (-1: no limit)
     # Ray: custom resources each trial also asks for, e.g. {"worker_node": 1} so trials run
@@ -124,6 +128,15 @@ class SearchConfig:
         if not 1 <= self.screen <= 64:
             raise UserError(
                 f"--screen {self.screen} must be in [1, 64]: candidates per fine-tuned trial (1 turns screening off)"
+            )
+        if not 1 <= self.rungs <= 5:
+            raise UserError(
+                f"--rungs {self.rungs} must be in [1, 5]: fine-tune lengths candidates climb (1: no ladder)"
+            )
+        if not 2 <= self.eta <= 10:
+            raise UserError(
+                f"--eta {self.eta} must be in [2, 10]: each rung keeps 1/eta of the one below "
+                "and fine-tunes eta times longer"
             )
         if self.baselines not in BASELINES:
             raise UserError(

@@ -41,8 +41,10 @@ from autoprune.policy import Policy
 from autoprune.study import (
     BASELINE_ATTR,
     CONFIG_ATTR,
+    PARENT_ATTR,
     front_metric,
     pareto_front,
+    rung_of,
     study_budget,
     trial_metric,
 )
@@ -78,6 +80,7 @@ class PlottedTrial:
     val_accuracy: float | None  # y; None for a candidate screened out before fine-tuning
     baseline: str | None  # the baseline's name, e.g. "uniform-l1"; None for a searched trial
     hover: str  # plotly hover text (lines joined by <br>)
+    rung: int = 0  # the ladder rung its figure was fine-tuned at (--rungs)
 
     @property
     def y(self) -> float:
@@ -153,6 +156,7 @@ def collect(study: optuna.Study, log: Callable[[str], None] = _stderr) -> FrontP
                 accuracy,
                 str(baseline) if baseline else None,
                 _hover(t, kind),
+                rung_of(t),
             )
         )
     if plot.unplaced:
@@ -171,6 +175,11 @@ def _hover(t: FrozenTrial, kind: str) -> str:
         lines.append("screened out by the adaptive-BN proxy: not fine-tuned")
     else:
         lines.append(f"val acc {t.values[0]:.4f}")
+    if rung_of(t):
+        lines.append(
+            f"ladder rung {rung_of(t)}: trial {t.user_attrs.get(PARENT_ATTR)} promoted to a "
+            "longer fine-tune"
+        )
     proxy = t.user_attrs.get("proxy_accuracy")
     if isinstance(proxy, (int, float)):
         lines.append(f"proxy acc {proxy:.4f}")
@@ -275,6 +284,12 @@ def write_png(plot: FrontPlot, path: Path) -> Path:
                 fontsize=6,
                 color="C2",
             )
+    for p in plot.trials:  # which rung of the ladder a figure comes from
+        if p.rung and p.val_accuracy is not None:
+            ax.annotate(
+                f"r{p.rung}", (p.ratio, p.y), xytext=(-9, 3), textcoords="offset points",
+                fontsize=6, color="0.3",
+            )  # fmt: skip
     if plot.base_accuracy is not None:
         ax.scatter(
             [1.0], [plot.base_accuracy], s=90, marker="*", c="k", label="base model", zorder=4

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from autoprune import prepare
+from autoprune import ladder, prepare
 from autoprune import study as studies
 from autoprune.baselines import enqueue_baselines
 from autoprune.config import SearchConfig
@@ -139,20 +139,64 @@ def search(
     # than the baselines it enqueued (a replacement would be a searched trial).
     refill = not baselines_only
     if missing > 0:
-        with (
-            Progress(config.trials, done, config.budgets(), quiet=quiet) as progress,
-            raise_if_lost(storage),  # a database gone for good stops the search with one line
-        ):
-            if config.executor == "local":
-                from autoprune.executors.local import run_local
-
-                run_local(study, space, ctx, objective, config, missing, progress, refill)
-            else:
-                from autoprune.executors.ray_tune import run_ray
-
-                run_ray(study, space, ctx, objective, config, missing, progress, refill)
+        _run(study, space, ctx, objective, config, missing, refill, quiet, storage)
+    if config.rungs > 1 and not baselines_only:
+        climb(study, space, ctx, objective, config, quiet, storage, log)
     export_dir = None
     if export:
         export_dir = Path(policies_dir) / name
         export_front(study, export_dir)
     return SearchOutcome(name, url, studies.complete_count(study), export_dir)
+
+
+def _run(
+    study: Any,
+    space: SearchSpace,
+    ctx: Any,
+    objective: Any,
+    config: SearchConfig,
+    missing: int,
+    refill: bool,
+    quiet: bool,
+    storage: Any,
+) -> None:
+    """Run ``missing`` brackets with the configured executor, a progress line over them."""
+    done = studies.complete_count(study)
+    with (
+        Progress(config.trials, done, config.budgets(), quiet=quiet) as progress,
+        raise_if_lost(storage),  # a database gone for good stops the search with one line
+    ):
+        if config.executor == "local":
+            from autoprune.executors.local import run_local
+
+            run_local(study, space, ctx, objective, config, missing, progress, refill)
+        else:
+            from autoprune.executors.ray_tune import run_ray
+
+            run_ray(study, space, ctx, objective, config, missing, progress, refill)
+
+
+def climb(
+    study: Any,
+    space: SearchSpace,
+    ctx: Any,
+    objective: Any,
+    config: SearchConfig,
+    quiet: bool,
+    storage: Any,
+    log: Log,
+) -> None:
+    """The ladder (:mod:`autoprune.ladder`): promote and run rung after rung until none is owed."""
+    for _ in range(config.rungs):  # one rung per round (a resumed ladder may finish a rung first)
+        promotions = ladder.owed(study, config.rungs, config.eta)
+        ladder.enqueue(study, promotions)
+        queued = ladder.waiting(study)
+        if not queued:
+            return
+        rung = max(studies.rung_of(t) for t in queued)
+        log(
+            f"ladder rung {rung}: {len(queued)} trial(s) at the budget fine-tuned "
+            f"{config.eta**rung}x longer"
+        )
+        run = replace(config, trials=studies.complete_count(study) + len(queued))
+        _run(study, space, ctx, objective, run, len(queued), False, quiet, storage)

@@ -41,6 +41,10 @@ DRIVER_ATTR = "autoprune.driver"
 BASELINE_ATTR = "autoprune.baseline"  # set on a baseline trial: its name, e.g. "uniform-l1"
 RETRY_ATTR = "autoprune.retry_of"  # set on a re-enqueued trial: the number of the one it retries
 EXPLORE_ATTR = "autoprune.explore"  # set on a retry: whether the original sampled its target
+# Successive halving (--rungs): a promoted trial re-runs its parent's params with eta**rung times
+# the fine-tune; it carries its rung and its parent's number, and a baseline's keeps its name.
+RUNG_ATTR = "autoprune.rung"
+PARENT_ATTR = "autoprune.promoted_from"
 CONSTRAINT = "macs_budget"
 # The constraint each budgeted ratio is stored under (Optuna's ``set_constraint`` key).
 CONSTRAINTS = {"macs_ratio": CONSTRAINT, "latency_ratio": "latency_budget"}
@@ -314,6 +318,9 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
             }
             if trial.user_attrs.get(BASELINE_ATTR):  # still that baseline, not a searched trial
                 attrs[BASELINE_ATTR] = trial.user_attrs[BASELINE_ATTR]
+            for key in (RUNG_ATTR, PARENT_ATTR):  # still that rung of the ladder
+                if key in trial.user_attrs:
+                    attrs[key] = trial.user_attrs[key]
             study.enqueue_trial(trial.params, user_attrs=attrs)
         recovered += 1
     if recovered:
@@ -326,6 +333,19 @@ def recover_stale_trials(study: optuna.Study, log: Any = print) -> int:
 def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's COMPLETE trials (not copied: read them, do not change them)."""
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def rung_of(trial: FrozenTrial) -> int:
+    """The ladder rung a trial was fine-tuned at (0: the search's own length)."""
+    return int(trial.user_attrs.get(RUNG_ATTR, 0))
+
+
+def current_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials whose figure is their policy's latest: a trial promoted to a higher rung
+    (its child COMPLETE) is superseded by its child's longer fine-tune."""
+    done = completed_trials(study)
+    superseded = {int(t.user_attrs[PARENT_ATTR]) for t in done if PARENT_ATTR in t.user_attrs}
+    return [t for t in done if t.number not in superseded]
 
 
 def complete_count(study: optuna.Study) -> int:
@@ -494,6 +514,7 @@ class FrontPoint:
     latency_ratio: float | None = None  # pruned/base median latency (latency objectives only)
     latency_ms: float | None = None  # the pruned model's median latency on the trial's device
     front_metric: str = "macs_ratio"  # the ratio the study's budget bounds
+    rung: int = 0  # the ladder rung its figure was fine-tuned at (--rungs)
 
     def ratio(self, metric: str | None = None) -> float:
         """``macs_ratio`` or ``latency_ratio`` (default: the budgeted one); NaN when unmeasured."""
@@ -505,7 +526,7 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
     """The feasible Pareto front, by ascending budgeted ratio (MACs, or latency)."""
     metric = front_metric(study)
     points = []
-    for t in study.best_trials:
+    for t in _front_trials(study):
         if "policy" not in t.user_attrs:
             continue
         points.append(
@@ -518,9 +539,41 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
                 latency_ratio=trial_metric(t, "latency_ratio"),
                 latency_ms=trial_metric(t, "latency_ms"),
                 front_metric=metric,
+                rung=rung_of(t),
             )
         )
     return sorted(points, key=lambda p: (p.ratio(), -p.val_accuracy))
+
+
+def _front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Optuna's Pareto front; in a study with a ladder (``--rungs``), over each policy's latest
+    figure, and at the budget over the highest rung only: a figure of a shorter fine-tune is
+    never weighed against a longer one's (the ladder already ranked it lower)."""
+    if not any(PARENT_ATTR in t.user_attrs for t in completed_trials(study)):
+        return list(study.best_trials)
+    budget, metric = study_budget(study), front_metric(study)
+    feasible = [
+        t
+        for t in current_trials(study)
+        if all(c <= 0.0 for c in t.constraints.values())  # as best_trials counts it
+    ]
+
+    def near(t: FrozenTrial) -> bool:
+        ratio = trial_metric(t, metric)
+        return budget is not None and ratio is not None and at_budget(ratio, budget, metric)
+
+    top = max((rung_of(t) for t in feasible if near(t)), default=0)
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    rows = [
+        (t, [sign * v for sign, v in zip(signs, t.values, strict=True)])
+        for t in feasible
+        if not near(t) or rung_of(t) == top
+    ]
+    return [
+        t
+        for t, a in rows
+        if not any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in rows)
+    ]
 
 
 def at_budget(ratio: float, budget: float, metric: str = "macs_ratio") -> bool:
@@ -537,8 +590,9 @@ def at_budget(ratio: float, budget: float, metric: str = "macs_ratio") -> bool:
 
 def winner(front: list[FrontPoint], budget: float | None = None) -> FrontPoint:
     """The best policy at the budget: the highest val accuracy among front points at the
-    budget (:func:`at_budget`; ties: the lower ratio); the whole front's best when no point is,
-    or when no budget is given.
+    budget (:func:`at_budget`; ties: the lower ratio) that reached the highest rung any of them
+    reached (a figure of a shorter fine-tune never wins over a longer one's); the whole front's
+    best when no point is at the budget, or when no budget is given.
     """
     if not front:
         raise UserError(
@@ -546,6 +600,9 @@ def winner(front: list[FrontPoint], budget: float | None = None) -> FrontPoint:
             "(--budget-flops, or --budget-latency)"
         )
     near = [p for p in front if budget is not None and at_budget(p.ratio(), budget, p.front_metric)]
+    if near:
+        top = max(p.rung for p in near)
+        near = [p for p in near if p.rung == top]
     return max(near or front, key=lambda p: (p.val_accuracy, -p.ratio()))
 
 
@@ -558,8 +615,9 @@ def study_budget(study: optuna.Study) -> float | None:
 
 
 def baseline_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's COMPLETE baseline trials, in trial order."""
-    return [t for t in completed_trials(study) if t.user_attrs.get(BASELINE_ATTR)]
+    """The study's COMPLETE baseline trials, in trial order: one per baseline, at the highest
+    rung it reached."""
+    return [t for t in current_trials(study) if t.user_attrs.get(BASELINE_ATTR)]
 
 
 def waiting_baselines(study: optuna.Study) -> list[FrozenTrial]:
@@ -572,15 +630,18 @@ def waiting_baselines(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
-    """The best feasible non-baseline COMPLETE trial at the budget (None when there is none)."""
+    """The best feasible non-baseline COMPLETE trial at the budget, among those at the highest
+    rung any of them reached (None when there is none)."""
     metric = front_metric(study)
     rows = [
         (t, ratio)
-        for t in completed_trials(study)
+        for t in current_trials(study)
         if not t.user_attrs.get(BASELINE_ATTR)
         and (ratio := trial_metric(t, metric)) is not None
         and at_budget(ratio, budget, metric)
     ]
+    top = max((rung_of(t) for t, _ in rows), default=0)
+    rows = [row for row in rows if rung_of(row[0]) == top]
     best = max(rows, key=lambda row: (row[0].values[0], -row[1]), default=None)
     return best[0] if best else None
 
@@ -591,7 +652,8 @@ def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
     Over the COMPLETE trials at the budget that carry both (every fine-tuned trial measures its
     proxy first): screening compares candidates at one target, and pooling targets would
     inflate the figure (proxy and accuracy both rise with MACs). Only candidates the proxy let
-    through are fine-tuned, so this is the correlation among those. None below three trials.
+    through are fine-tuned, so this is the correlation among those; ladder rungs (longer
+    fine-tunes of the same policies) are left out. None below three trials.
     """
     # Candidates are projected onto a MACs target (with a latency budget, the calibrated one).
     raw = study.user_attrs.get(CONFIG_ATTR) or {}
@@ -601,6 +663,7 @@ def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
         (float(t.user_attrs["proxy_accuracy"]), float(t.values[0]))
         for t in completed_trials(study)
         if isinstance(t.user_attrs.get("proxy_accuracy"), (int, float))
+        and rung_of(t) == 0
         and (target is None or (trial_metric(t, "macs_ratio") or 0.0) >= target - AT_BUDGET)
     ]
     if len(pairs) < 3:

@@ -192,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="candidates scored by the adaptive-BN proxy per fine-tuned trial (default 4; 1: off)",
     )
     p.add_argument(
+        "--rungs",
+        type=int,
+        help="successive halving once the study is full: the best 1/eta of the trials at the "
+        "budget are fine-tuned eta times longer, up to this many rungs; the winner comes from "
+        "the highest (default 1: no ladder)",
+    )
+    p.add_argument(
+        "--eta", type=int, help="the ladder's rate: 1/eta promoted, eta x the epochs (default 3)"
+    )
+    p.add_argument(
         "--baselines",
         choices=("default", "all", "none"),
         help="baseline trials run first (default: uniform l1 + data-driven criteria, global, sensitivity)",

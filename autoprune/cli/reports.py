@@ -133,7 +133,7 @@ def study_report(
         if searched is not None:
             report["best_searched"] = trial_row(searched, files)
     if base:
-        top = max(base, key=lambda t: t.values[0])
+        top = max(base, key=lambda t: (studies.rung_of(t), t.values[0]))  # highest rung first
         report["best_baseline"] = {
             "name": str(top.user_attrs[studies.BASELINE_ATTR]),
             **trial_row(top, files),
@@ -169,6 +169,8 @@ def trial_row(trial: Any, files: dict[int, Path] | None = None) -> dict[str, Any
     row: dict[str, Any] = {
         "trial": trial.number,
         "source": str(trial.user_attrs.get(studies.BASELINE_ATTR) or "searched"),
+        # the ladder rung its figure was fine-tuned at (--rungs; 0: the search's own length)
+        "rung": studies.rung_of(trial),
     }
     for name in TRIAL_METRICS:
         row[name] = studies.trial_metric(trial, name)

@@ -115,7 +115,7 @@ def front_table(points: list[dict[str, Any]], latency: bool, title: str) -> None
         [
             (
                 p["trial"],
-                p["source"],
+                p["source"] + (f" (rung {p['rung']})" if p.get("rung") else ""),
                 _number(p["val_accuracy"]),
                 _number(p["macs_ratio"]),
                 *([_number(p["latency_ratio"]), _number(p["latency_ms"], 3)] if latency else []),

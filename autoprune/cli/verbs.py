@@ -172,7 +172,7 @@ def _search_config(args: argparse.Namespace) -> object:
     fields = {
         "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
         "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
-        "device", "calibration_images", "screen", "baselines", "image_size", "max_failures",
+        "device", "calibration_images", "screen", "rungs", "eta", "baselines", "image_size", "max_failures",
         "precision", "loader_workers", "objective", "budget_latency", "latency_batch_size",
         "latency_repeats", "latency_warmup", "latency_runtime", "channel_multiple",
     }  # fmt: skip

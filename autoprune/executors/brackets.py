@@ -40,7 +40,7 @@ class BracketSource:
         self.searched = sum(
             1
             for t in studies.completed_trials(study)
-            if not t.user_attrs.get(studies.BASELINE_ATTR)
+            if not t.user_attrs.get(studies.BASELINE_ATTR) and studies.RUNG_ATTR not in t.user_attrs
         )
         self.last_single = True
         self.last_target: float | None = None  # an explore bracket's sampled target
@@ -55,14 +55,15 @@ class BracketSource:
         studies.mark_driver(trial)
         baseline = trial.user_attrs.get(studies.BASELINE_ATTR)
         retry = studies.RETRY_ATTR in trial.user_attrs
+        promoted = studies.RUNG_ATTR in trial.user_attrs  # a ladder rung: its parent's params
         explore = False
         if retry:  # re-run as it was: its fixed params hold its target when it explored
             explore = bool(trial.user_attrs.get(studies.EXPLORE_ATTR))
-        elif not baseline:
+        elif not baseline and not promoted:
             explore = self.space.explores(self.searched)
             self.searched += 1
         self.space.sample(trial, self.ctx, explore=explore)
-        self.last_single = bool(baseline) or retry or self.config.screen <= 1
+        self.last_single = bool(baseline) or retry or promoted or self.config.screen <= 1
         self.last_target = trial.params.get("target_macs_ratio") if explore else None
 
     def extras(self) -> list[Any]:
@@ -87,7 +88,16 @@ class BracketSource:
         return out
 
     def policies(self, trials: list[Any]) -> list[dict[str, Any]]:
-        return [self.space.to_policy(t.params, self.ctx).to_dict() for t in trials]
+        """The policies the bracket's trials stand for; a ladder rung r fine-tunes eta**r times
+        as long as its params say."""
+        out = []
+        for t in trials:
+            policy = self.space.to_policy(t.params, self.ctx)
+            rung = int(t.user_attrs.get(studies.RUNG_ATTR, 0))
+            if rung:
+                policy.retrain.epochs *= self.config.eta**rung
+            out.append(policy.to_dict())
+        return out
 
 
 def record(
