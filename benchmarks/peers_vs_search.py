@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DATASET = "fashion-mnist"
 SEARCHED = "autoprune (searched)"
+NO_LADDER = "autoprune (searched, no ladder)"  # its winner at rung 0, when the search has a ladder
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Profile:
     space: str = "fashion-mnist"
     executor: str = "ray"
     max_concurrent: int = 2
+    rungs: int = 1  # the search's ladder (--rungs); > 1 also replays the winner it had without
+    eta: int = 3
 
 
 PROFILES = {
@@ -113,6 +116,56 @@ def with_criterion(policy: Any, criterion: str) -> Any:
     groups = {name: replace(g, criterion=criterion, chosen_from=None)
               for name, g in policy.groups.items()}  # fmt: skip
     return replace(policy, groups=groups, measured={})
+
+
+def rung0_winner(study: Any, budget: float) -> Any:
+    """The searched trial a search without its ladder would have picked: the best rung-0 figure
+    at the budget (None when there is none)."""
+    from autoprune import study as studies
+
+    metric = studies.front_metric(study)
+    rows = [
+        t
+        for t in studies.completed_trials(study)
+        if studies.rung_of(t) == 0
+        and not t.user_attrs.get(studies.BASELINE_ATTR)
+        and (ratio := studies.trial_metric(t, metric)) is not None
+        and studies.at_budget(ratio, budget, metric)
+    ]
+    return max(rows, key=lambda t: (t.values[0], -t.number), default=None)
+
+
+def _ladder_wall(study: Any) -> float:
+    """Seconds from the first ladder promotion's start to the last one's end (0: no ladder)."""
+    from autoprune import study as studies
+
+    rungs = [t for t in studies.completed_trials(study) if studies.rung_of(t) > 0]
+    if not rungs:
+        return 0.0
+    start = min(t.datetime_start for t in rungs)
+    end = max(t.datetime_complete for t in rungs)
+    return (end - start).total_seconds()
+
+
+def _root(study: Any, trial: Any) -> int:
+    """The rung-0 trial a (promoted) trial's policy first ran as."""
+    from autoprune import study as studies
+
+    while (parent := trial.user_attrs.get(studies.PARENT_ATTR)) is not None:
+        trial = study.trials[int(parent)]
+    return int(trial.number)
+
+
+def _lineage(study: Any, trial: Any) -> float:
+    """Fine-tune epochs a trial and the rungs below it (its parents) spent."""
+    from autoprune import study as studies
+
+    total = 0.0
+    while trial is not None:
+        total += _epochs(trial)
+        parent = trial.user_attrs.get(studies.PARENT_ATTR)
+        trial = study.trials[int(parent)] if parent is not None else None
+    return total
 
 
 def _trial_wall(trial: Any) -> float:
@@ -197,6 +250,7 @@ def run_setting(
             model=network, base_checkpoint=str(base), budget_flops=budget, dataset=DATASET,
             space=profile.space, seed=seed, executor=profile.executor, storage=storage,
             study=name, trials=profile.trials, max_concurrent=profile.max_concurrent,
+            rungs=profile.rungs, eta=profile.eta,
         )  # fmt: skip
         t0 = time.perf_counter()
         search(config, log=lambda _line: None, quiet=True, export=False)
@@ -209,6 +263,9 @@ def run_setting(
             picks.append((SEARCHED, searched))
         else:
             row(seed, SEARCHED, "searched", status="no searched trial at the budget")
+        unladdered = rung0_winner(study, budget) if profile.rungs > 1 else None
+        if unladdered is not None:  # what the same search picks without its ladder
+            picks.append((NO_LADDER, unladdered))
         recipe = None
         jobs: list[tuple[str, Policy, Any]] = []
         for label, trial in picks:
@@ -224,19 +281,31 @@ def run_setting(
             (f"uniform-{c}", with_criterion(recipe, c), None)
             for c in uniform_extras(profile.space, {label for label, _ in picks})
         ]
+        replayed: dict[int, Any] = {}  # lineage root -> replay (a rung re-runs the same policy)
         for label, policy, trial in jobs:
             t1 = time.perf_counter()
-            result = replay(
-                policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
-                out=out / "checkpoints" / f"{name}-{label}.pt", log=lambda _line: None,
-            )  # fmt: skip
+            root = _root(study, trial) if trial is not None else None
+            result = replayed.get(root) if root is not None else None
+            if result is None:
+                result = replay(
+                    policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
+                    out=out / "checkpoints" / f"{name}-{label}.pt", log=lambda _line: None,
+                )  # fmt: skip
+                if root is not None:
+                    replayed[root] = result
             is_searched = label == SEARCHED
+            if label == NO_LADDER:
+                kind, wall = "searched", search_wall - _ladder_wall(study)
+                epochs = sum(_epochs(t) for t in complete if studies.rung_of(t) == 0)
+            elif is_searched:
+                kind, wall, epochs = "searched", search_wall, sum(_epochs(t) for t in complete)
+            else:
+                kind, wall, epochs = label.split("-")[0], _trial_wall(trial), _lineage(study, trial)
             row(
-                seed, label, "searched" if is_searched else label.split("-")[0],
+                seed, label, kind,
                 test_accuracy=result.test_accuracy, val_accuracy=result.val_accuracy,
-                macs_ratio=result.macs_ratio,
-                select_wall_s=search_wall if is_searched else _trial_wall(trial),
-                select_epochs=sum(_epochs(t) for t in complete) if is_searched else _epochs(trial),
+                macs_ratio=result.macs_ratio, select_wall_s=wall, select_epochs=epochs,
+                rung=studies.rung_of(trial) if trial is not None else 0,
                 **({} if trial is not None else {"derived": "uniform-l1's rates, not a trial"}),
                 finetune_wall_s=time.perf_counter() - t1, finetune_epochs=profile.replay_epochs,
             )  # fmt: skip
@@ -412,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=Path("docs/images/benchmarks"))
     parser.add_argument("--report", type=Path, help="only print and write the report of a JSON")
     parser.add_argument(
+        "--rungs", type=int,
+        help="the searches' ladder (autoprune search --rungs); the winner each would have "
+        "picked without it is replayed too (a row of its own)",
+    )  # fmt: skip
+    parser.add_argument(
         "--budgets", type=float, nargs="+",
         help="only these of the profile's budgets (a partial run: its JSON gets a suffix and "
         "docs/benchmarks.md is left alone)",
@@ -431,9 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     command = f"python benchmarks/peers_vs_search.py --profile {args.profile}"
     suffix = ""
+    if args.rungs:
+        profile = replace(profile, rungs=args.rungs)
+        suffix += f"-rungs{args.rungs}"
+        command += f" --rungs {args.rungs}"
     if args.budgets:
         profile = replace(profile, budgets=tuple(args.budgets))
-        suffix = "-b" + "-".join(f"{b:g}" for b in args.budgets)
+        suffix += "-b" + "-".join(f"{b:g}" for b in args.budgets)
         command += " --budgets " + " ".join(f"{b:g}" for b in args.budgets)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -463,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_tables(rows)
-    if suffix:
+    if args.budgets:  # a partial run: docs/benchmarks.md keeps the whole profile's tables
         print(f"\n{result} written in {time.perf_counter() - t0:.0f} s")
         return 0
     write_markdown(rows, meta, args.docs, args.images)
