@@ -109,10 +109,11 @@ def uniform_extras(space_name: str, have: set[str]) -> list[str]:
 
 
 def with_criterion(policy: Any, criterion: str) -> Any:
-    """The same policy (rates, recipe, seed) with every group scored by ``criterion``."""
+    """The same policy (rates, recipe, seed) with every group scored by ``criterion``: other
+    channels go, so the digest of the ones the trial removed is dropped with its measurements."""
     groups = {name: replace(g, criterion=criterion, chosen_from=None)
               for name, g in policy.groups.items()}  # fmt: skip
-    return replace(policy, groups=groups, measured={})
+    return replace(policy, groups=groups, measured={}, removed_sha256=None)
 
 
 def _trial_wall(trial: Any) -> float:
