@@ -127,9 +127,9 @@ def test_a_criterion_that_raises_fails_its_candidate_only(
 def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_place(
     trained_base: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from autoprune import objective
+    from autoprune import train
 
-    real_fit = objective.fit
+    real_fit = train.fit
     calls: list[int] = []
 
     def diverging_fit(model: Any, train: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,7 +138,7 @@ def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_plac
             config = replace(config, retrain=replace(config.retrain, lr=1e30))
         return real_fit(model, train, config, *args, **kwargs)
 
-    monkeypatch.setattr(objective, "fit", diverging_fit)
+    monkeypatch.setattr(train, "fit", diverging_fit)
     db = workdir / "s.db"
     assert main(_search(trained_base, db, 2, "--screen", "2")) == 0
     failed = _failed_one(db, complete=2)
@@ -157,9 +157,9 @@ def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_plac
 def test_out_of_memory_is_reported_with_what_to_change(
     trained_base: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from autoprune import objective
+    from autoprune import train
 
-    real_fit = objective.fit
+    real_fit = train.fit
     calls: list[int] = []
 
     def oom_fit(*args: Any, **kwargs: Any) -> Any:
@@ -171,7 +171,7 @@ def test_out_of_memory_is_reported_with_what_to_change(
             )
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(objective, "fit", oom_fit)
+    monkeypatch.setattr(train, "fit", oom_fit)
     db = workdir / "s.db"
     assert main(_search(trained_base, db, 2, "--screen", "2")) == 0
     failed = _failed_one(db, complete=2)
@@ -222,9 +222,9 @@ def worker_setup() -> None:
     folder = os.environ.get(FAULT_DIR_ENV)
     if not folder:
         return
-    from autoprune import objective
+    from autoprune import train
 
-    real_fit = objective.fit
+    real_fit = train.fit
 
     def held_fit(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -236,7 +236,7 @@ def worker_setup() -> None:
         time.sleep(300)  # the test SIGKILLs this process meanwhile
         return real_fit(*args, **kwargs)
 
-    objective.fit = held_fit
+    train.fit = held_fit
 
 
 @pytest.fixture
