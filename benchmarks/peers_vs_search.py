@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATASET = "fashion-mnist"
 SEARCHED = "autoprune (searched)"
 NO_LADDER = "autoprune (searched, no ladder)"  # its winner at rung 0, when the search has a ladder
+# A table's rows: hand-written policies, then the peers, then autoprune (its winner last).
+KIND_ORDER = ("uniform", "global", "sensitivity", "torch-pruning", "fastnas", "searched")
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,11 @@ def table(rows: list[dict], network: str, budget: float) -> tuple[list[str], lis
         for r in mine
         if r["method"] == SEARCHED and "test_accuracy" in r
     }
-    methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] != SEARCHED))
+    kinds = {r["method"]: r["kind"] for r in mine}
+    methods = sorted(
+        dict.fromkeys(r["method"] for r in mine if r["method"] != SEARCHED),
+        key=lambda m: KIND_ORDER.index(kinds[m]) if kinds[m] in KIND_ORDER else -1,
+    )
     methods.append(SEARCHED)
     header = ["method", "test acc (mean ± SE)", "autoprune − it, pt (paired)", "MACs",
               "choose s", "epochs (choose + final)", "seeds"]  # fmt: skip
@@ -494,9 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.report:
-        saved = json.loads(args.report.read_text())
-        print_tables(saved["rows"])
-        write_markdown(saved["rows"], saved["meta"], args.docs, args.images)
+        try:
+            saved = json.loads(args.report.read_text())
+            rows, meta = saved["rows"], saved["meta"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(
+                f"error: --report {args.report}: not a results JSON this benchmark wrote "
+                f"({type(exc).__name__}: {exc}); pass one from {args.out}/",
+                file=sys.stderr,
+            )
+            return 2
+        print_tables(rows)
+        write_markdown(rows, meta, args.docs, args.images)
         return 0
 
     import torch

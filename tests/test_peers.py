@@ -10,10 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from torch import nn
 
+from autoprune import study as studies
+from autoprune.config import SearchConfig
 from autoprune.data.splits import TensorSplit
 from autoprune.macs import count_macs_params
 from autoprune.train import Retrain, TrainConfig, evaluate, fit
@@ -136,3 +139,73 @@ def test_report_pairs_margins_by_seed_and_names_what_could_not_run(tmp_path: Pat
     text = doc.read_text()
     assert "| uniform-l1 | 0.8500 ± 0.0500 | +2.50 ± 0.50 |" in text
     assert (tmp_path / "images" / "resnet20-b0.3.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_table_lists_hand_written_policies_then_peers_then_autoprune() -> None:
+    made = [
+        ("autoprune (searched, no ladder)", "searched"), ("uniform-l1", "uniform"),
+        ("FastNAS (ModelOpt)", "fastnas"), ("global-l1", "global"),
+        ("torch-pruning global (magnitude)", "torch-pruning"), ("uniform-fpgm", "uniform"),
+        ("sensitivity-l1", "sensitivity"), (peers_vs_search.SEARCHED, "searched"),
+    ]  # fmt: skip
+    rows = [_row(method, 0, 0.9, kind=kind) for method, kind in made]
+    _header, lines = peers_vs_search.table(rows, "resnet20", 0.3)
+    assert [line[0] for line in lines] == [
+        "uniform-l1", "uniform-fpgm", "global-l1", "sensitivity-l1",
+        "torch-pruning global (magnitude)", "FastNAS (ModelOpt)",
+        "autoprune (searched, no ladder)", peers_vs_search.SEARCHED,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"rows": []}'])
+def test_report_of_a_file_it_did_not_write_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    docs = tmp_path / "benchmarks.md"
+    assert peers_vs_search.main(["--report", str(path), "--docs", str(docs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --report {path}: not a results JSON") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not docs.exists()
+
+
+def _ladder_study() -> tuple[optuna.Study, dict[str, int]]:
+    """A laddered study: a baseline, three searched trials at the budget (one promoted twice),
+    one below the budget. Rung figures are higher than rung 0's, as longer fine-tunes give."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(studies.CONFIG_ATTR, SearchConfig(budget_flops=0.5).to_dict())
+    numbers: dict[str, int] = {}
+
+    def finish(name: str, acc: float, ratio: float, epochs: float, **attrs: object) -> None:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("policy", {"retrain": {"epochs": epochs}})
+        trial.set_constraint(studies.CONSTRAINT, ratio - 0.5)
+        study.tell(trial, [acc, ratio])
+        numbers[name] = trial.number
+
+    finish("baseline", 0.93, 0.5, 0.1, **{studies.BASELINE_ATTR: "uniform-l1"})
+    finish("a", 0.91, 0.5, 0.1)
+    finish("b", 0.95, 0.49, 0.1)  # the best rung-0 figure at the budget
+    finish("below", 0.99, 0.3, 0.1)  # better, but far under the budget
+    finish("a1", 0.96, 0.5, 0.3, **{studies.RUNG_ATTR: 1, studies.PARENT_ATTR: numbers["a"]})
+    finish("a2", 0.97, 0.5, 0.9, **{studies.RUNG_ATTR: 2, studies.PARENT_ATTR: numbers["a1"]})
+    return study, numbers
+
+
+def test_the_no_ladder_row_is_the_best_rung_0_figure_and_its_cost_counts_every_rung() -> None:
+    study, n = _ladder_study()
+    unladdered = peers_vs_search.rung0_winner(study, 0.5)
+    assert unladdered is not None and unladdered.number == n["b"]  # not the baseline, not "below"
+    top = study.trials[n["a2"]]
+    assert peers_vs_search._root(study, top) == n["a"]
+    assert peers_vs_search._lineage(study, top) == pytest.approx(0.1 + 0.3 + 0.9)
+    assert peers_vs_search._lineage(study, study.trials[n["b"]]) == pytest.approx(0.1)
+    rung_trials = [study.trials[n["a1"]], top]
+    wall = peers_vs_search._ladder_wall(study)
+    first = min(t.datetime_start for t in rung_trials)
+    last = max(t.datetime_complete for t in rung_trials)
+    assert wall == pytest.approx((last - first).total_seconds())
