@@ -81,7 +81,7 @@ def search(
     space = SearchSpace.load(config.space)
     if config.objective != "latency":  # a latency search's MACs target is calibrated below
         space.check_budget(config.target())
-    sampler = make_sampler(config.sampler, config.seed, config.trials, config.max_concurrent > 1)
+    sampler = make_sampler(config.sampler, config.seed, config.trials, _concurrent(config))
     storage = studies.open_storage(config.storage)
     base = prepare.resolve_base(config, log)
     config = replace(
@@ -107,7 +107,7 @@ def search(
         # others), and a second driver of a shared study would copy the first. Offsetting the
         # seed by the trials already stored keeps runs reproducible and new draws new.
         study.sampler = make_sampler(
-            config.sampler, config.seed + existing, config.trials, config.max_concurrent > 1
+            config.sampler, config.seed + existing, config.trials, _concurrent(config)
         )
     studies.save_config(study, config)
     studies.recover_stale_trials(study, log)
@@ -147,6 +147,14 @@ def search(
         export_dir = Path(policies_dir) / name
         export_front(study, export_dir)
     return SearchOutcome(name, url, studies.complete_count(study), export_dir)
+
+
+def _concurrent(config: SearchConfig) -> bool:
+    """Whether candidates are asked while others are still RUNNING: several trials at once, or
+    a screened bracket, whose K candidates are all asked before any is told. TPE then lies
+    about the running ones (constant liar), so a bracket's candidates spread instead of being
+    K draws from one unchanged model."""
+    return config.max_concurrent > 1 or config.screen > 1
 
 
 def _run(

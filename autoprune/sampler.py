@@ -59,7 +59,8 @@ def make_sampler(name: str, seed: int, trials: int, concurrent: bool) -> Any:
         name: a key of :data:`SAMPLERS`.
         seed: sampler seed.
         trials: the study's total of trials (sets start-up and population sizes).
-        concurrent: several trials run at once (TPE then uses a constant liar).
+        concurrent: candidates are asked while others are RUNNING (several trials at once, or
+            a screened bracket): TPE then uses a constant liar.
 
     Raises:
         UserError: unknown name.
