@@ -646,6 +646,39 @@ def best_searched(study: optuna.Study, budget: float) -> FrozenTrial | None:
     return best[0] if best else None
 
 
+HYPERVOLUME_REFERENCE = (1.0, 0.1)  # (budgeted ratio, val accuracy): the base's cost, near chance
+
+
+def hypervolume(
+    points: list[tuple[float, float]], reference: tuple[float, float] = HYPERVOLUME_REFERENCE
+) -> float:
+    """The area a set of (ratio, accuracy) points dominates up to ``reference``: lower ratio
+    and higher accuracy are better, so a point counts the rectangle between itself and
+    (reference ratio, reference accuracy). Points outside it (costlier than the base, or below
+    the reference accuracy) and non-finite ones add nothing.
+
+    A front that reaches lower ratios at the same accuracy, or more accuracy at the same
+    ratios, has a larger hypervolume: one figure for the whole trade-off, not only the winner.
+    """
+    ref_ratio, ref_acc = reference
+    inside = sorted(
+        (r, a)
+        for r, a in points
+        if math.isfinite(r) and math.isfinite(a) and r < ref_ratio and a > ref_acc
+    )
+    area, best = 0.0, ref_acc
+    for i, (ratio, acc) in enumerate(inside):  # sweep by ratio: each strip to the next point
+        best = max(best, acc)
+        right = inside[i + 1][0] if i + 1 < len(inside) else ref_ratio
+        area += (right - ratio) * (best - ref_acc)
+    return area
+
+
+def front_hypervolume(front: list[FrontPoint]) -> float:
+    """:func:`hypervolume` of a feasible front in val accuracy against its budgeted ratio."""
+    return hypervolume([(p.ratio(), p.val_accuracy) for p in front])
+
+
 def proxy_spearman(study: optuna.Study) -> tuple[float, int] | None:
     """Spearman rank correlation of the proxy with fine-tuned val accuracy, and its sample size.
 

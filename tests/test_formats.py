@@ -86,6 +86,13 @@ def test_show_json_holds_every_front_point_and_its_policy_file(
     assert report["best_searched"]["trial"] == 1
     assert report["best_baseline"]["name"] == "uniform-l1"
     assert report["proxy_spearman"] == {"rho": pytest.approx(1.0), "trials": 3}
+    # front (0.3, 0.90), (0.495, 0.97) up to (1.0, 0.1): 0.195 x 0.80 + 0.505 x 0.87
+    assert report["hypervolume"] == {
+        "value": pytest.approx(0.195 * 0.80 + 0.505 * 0.87),
+        "reference": {"macs_ratio": 1.0, "val_accuracy": 0.1},
+    }
+    table = _stdout(capsys, "show", "f", "--storage", url)
+    assert "front hypervolume (val acc against MACs ratio, reference 1 / 0.1): 0.5954" in table
     assert report["failed_trials"] == [
         {"trial": 4, "kind": report["failed_trials"][0]["kind"], "reason": "CUDA out of memory"}
     ]

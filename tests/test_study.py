@@ -169,3 +169,18 @@ def test_export_writes_front_policies_summary_and_plot(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["trial-0001.yaml", "trial-0000.yaml"]
     assert Policy.load(written[0]).model.name == "resnet20"
     assert (out / "front.yaml").is_file() and (out / "front.png").stat().st_size > 1000
+
+
+def test_hypervolume_is_the_area_a_front_dominates_up_to_the_reference() -> None:
+    ref = studies.HYPERVOLUME_REFERENCE
+    assert ref == (1.0, 0.1)
+    assert studies.hypervolume([]) == 0.0
+    assert studies.hypervolume([(0.5, 0.9)]) == pytest.approx(0.5 * 0.8)
+    two = [(0.5, 0.9), (0.2, 0.6)]  # a staircase: 0.3 x 0.5 + 0.5 x 0.8
+    assert studies.hypervolume(two) == pytest.approx(0.3 * 0.5 + 0.5 * 0.8)
+    assert studies.hypervolume(two[::-1]) == studies.hypervolume(two)  # order-free
+    # Dominated, costlier than the base, below the reference or unmeasured: nothing added.
+    extra = [(0.6, 0.85), (1.2, 0.99), (0.1, 0.05), (float("nan"), 0.99)]
+    assert studies.hypervolume(two + extra) == pytest.approx(studies.hypervolume(two))
+    # A better trade-off anywhere on the front raises it.
+    assert studies.hypervolume([*two, (0.35, 0.8)]) > studies.hypervolume(two)

@@ -138,6 +138,12 @@ def study_report(
             "name": str(top.user_attrs[studies.BASELINE_ATTR]),
             **trial_row(top, files),
         }
+    report["hypervolume"] = {
+        "value": studies.front_hypervolume(front),
+        "reference": dict(
+            zip((metric, "val_accuracy"), studies.HYPERVOLUME_REFERENCE, strict=True)
+        ),
+    }
     rho = studies.proxy_spearman(study)
     report["proxy_spearman"] = None if rho is None else {"rho": rho[0], "trials": rho[1]}
     report["failed_trials"] = [

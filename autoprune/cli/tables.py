@@ -90,6 +90,13 @@ def study_table(report: dict[str, Any]) -> None:
         if searched is not None:
             line += f"; best searched trial {searched['trial']} {searched['val_accuracy']:.4f}"
         print(line)
+    if report["front"]:
+        hv = report["hypervolume"]
+        ref = hv["reference"]
+        print(
+            f"front hypervolume (val acc against {LABELS[report['front_metric']]}, reference "
+            f"{ref[report['front_metric']]:g} / {ref['val_accuracy']:g}): {_number(hv['value'], 4)}"
+        )
     rho = report["proxy_spearman"]
     if rho is not None:
         print(
