@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 REASON_CHARS = 160  # a FAIL line keeps the first line of its reason, cut to this length
@@ -35,7 +36,17 @@ class Progress:
         budget: float | dict[str, float],
         quiet: bool = False,
         stream: TextIO | None = None,
+        parallel: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """
+        Args:
+            total: the study's COMPLETE trials when the search is done.
+            done: COMPLETE trials already stored (a resumed search).
+            budget: the MACs ratio's bound, or the bound per budgeted metric.
+            parallel: trials that run at once: the ETA waits for one more than this to finish.
+            clock: seconds (a test's fake clock).
+        """
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
@@ -43,7 +54,10 @@ class Progress:
         self.total, self.start_done = total, done
         # Largest allowed ratio per budgeted metric (a number: the MACs ratio's).
         self.budgets = {"macs_ratio": budget} if isinstance(budget, (int, float)) else dict(budget)
-        self.started = time.perf_counter()
+        self.clock = clock
+        self.started = clock()
+        self.parallel = max(1, parallel)
+        self.first: tuple[float, int] | None = None  # (time, trials done) at the first finish
         self.best: float | None = None
         self.failed = 0
         self.screened = 0  # candidates the proxy screened out (not fine-tuned)
@@ -100,14 +114,13 @@ class Progress:
         ):
             acc = float(result["val_accuracy"])
             self.best = acc if self.best is None else max(self.best, acc)
+        now = self.clock()
         new = done - self.start_done
-        elapsed = time.perf_counter() - self.started
+        elapsed = now - self.started
         remaining = self.total - done
-        eta = (
-            duration(elapsed / new * remaining)
-            if new > 0 and remaining > 0
-            else ("0s" if remaining <= 0 else "?")
-        )
+        if new > 0 and self.first is None:
+            self.first = (now, new)
+        eta = "0s" if remaining <= 0 else self.eta(now, new, remaining)
         if self.lines:
             line = trial_line(number, state, result, reason)
             counts = f"{done}/{self.total} complete, elapsed {duration(elapsed)}, ETA {eta}"
@@ -122,6 +135,15 @@ class Progress:
             + (f"  failed {self.failed}" if self.failed else "")
         )
         self.bar.update(self.task, completed=done, status=status, eta=eta)
+
+    def eta(self, now: float, new: int, remaining: int) -> str:
+        """Time left at the pace of the trials finished since the first one: the first trial
+        carries the start-up (Ray, workers, caches) and trials that ran side by side finish
+        together, so none is given until ``parallel + 1`` trials have finished."""
+        if self.first is None or new <= self.parallel:
+            return "?"
+        since, counted = self.first
+        return duration((now - since) / (new - counted) * remaining)
 
 
 def trial_line(

@@ -171,7 +171,9 @@ def _run(
     """Run ``missing`` brackets with the configured executor, a progress line over them."""
     done = studies.complete_count(study)
     with (
-        Progress(config.trials, done, config.budgets(), quiet=quiet) as progress,
+        Progress(
+            config.trials, done, config.budgets(), quiet=quiet, parallel=config.max_concurrent
+        ) as progress,
         raise_if_lost(storage),  # a database gone for good stops the search with one line
     ):
         if config.executor == "local":

@@ -130,3 +130,30 @@ def test_search_to_a_log_file_writes_one_line_per_trial(trained_base: Path, tmp_
     text = run("resume", "t", "--trials", "4", "--quiet")
     assert not [line for line in text.splitlines() if TRIAL_LINE.match(line)], text[-4000:]
     assert "\x1b" not in text
+
+
+def _etas(parallel: int, finishes: list[tuple[float, int]], total: int = 20) -> list[str]:
+    """The ETA each plain line gives, trials finishing at fake-clock times (started at 0)."""
+    now = [0.0]
+    stream = io.StringIO()
+    with Progress(total, 0, 0.5, stream=stream, parallel=parallel, clock=lambda: now[0]) as p:
+        for t, done in finishes:
+            now[0] = t
+            p.update(done, {"val_accuracy": 0.9, "macs_ratio": 0.5}, "COMPLETE", done)
+    return [line.rsplit("ETA ", 1)[1] for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.usefixtures("plain_env")
+def test_the_eta_leaves_out_the_first_trials_start_up() -> None:
+    # One at a time: 100 s of start-up in the first trial, then one every 20 s. From the first
+    # trial alone the ETA would be 19 x 120 s = 38 min; the rule gives none, then 18 x 20 s.
+    assert _etas(1, [(120, 1), (140, 2), (160, 3)]) == ["?", "6m00s", "5m40s"]
+
+
+@pytest.mark.usefixtures("plain_env")
+def test_the_eta_waits_for_more_trials_than_run_side_by_side() -> None:
+    # Two at a time: pairs finish together (60/62, 120/122); the pace is one per 30 s.
+    etas = _etas(2, [(60, 1), (62, 2), (120, 3), (122, 4)])
+    assert etas[:2] == ["?", "?"]  # 2 s between the first two says nothing of the pace
+    assert etas[2:] == ["8m30s", "5m31s"]  # (120-60)/2 x 17, (122-60)/3 x 16
+    assert _etas(1, [(10, 20)], total=20) == ["0s"]
