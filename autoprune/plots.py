@@ -52,6 +52,8 @@ from autoprune.study import (
 # The PNG's size: 7 x 4.5 inches at 120 dpi, 840 x 540 pixels.
 PNG_INCHES = (7.0, 4.5)
 PNG_DPI = 120
+PNG_LABEL_PT = 7  # a stacked label's step down, in points (fontsize 6)
+HTML_LABEL_PX = 12  # the same in the HTML, in pixels (font size 9)
 METRIC_LABELS = {"macs_ratio": "MACs ratio", "latency_ratio": "latency ratio"}
 AXIS_TITLES = {
     "macs_ratio": "MACs ratio (pruned / base)",
@@ -111,6 +113,36 @@ class FrontPlot:
             f"{self.study}: val accuracy vs {METRIC_LABELS[self.metric]} "
             f"({finetuned} fine-tuned, {len(self.of('screened'))} screened out)"
         )
+
+
+LABEL_NEAR = (0.04, 0.03)  # labels of points closer than this share of the x / y span collide
+
+
+def label_rows(points: list[PlottedTrial], everything: list[PlottedTrial]) -> list[int]:
+    """A row per label of ``points`` (baselines), so that labels of points that tie or nearly
+    tie stack instead of printing over each other: 0 beside the point, 1 one line lower, ...
+
+    Near means within :data:`LABEL_NEAR` of the spans of ``everything`` plotted.
+    """
+    placed = [p for p in everything if p.val_accuracy is not None]
+
+    def span(values: list[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return (max(finite) - min(finite)) if len(finite) > 1 else 0.0
+
+    near_x = LABEL_NEAR[0] * (span([p.ratio for p in placed]) or 1.0)
+    near_y = LABEL_NEAR[1] * (span([p.y for p in placed]) or 1.0)
+    rows: dict[int, int] = {}
+    order = sorted(range(len(points)), key=lambda i: (-points[i].y, points[i].ratio, i))
+    for i in order:
+        taken = {
+            rows[j]
+            for j in rows
+            if abs(points[j].ratio - points[i].ratio) <= near_x
+            and abs(points[j].y - points[i].y) <= near_y
+        }
+        rows[i] = next(r for r in range(len(points)) if r not in taken)
+    return [rows[i] for i in range(len(points))]
 
 
 def criteria_counts(policy: Policy) -> dict[str, int]:
@@ -275,11 +307,11 @@ def write_png(plot: FrontPlot, path: Path) -> Path:
             label="baselines",
             zorder=4,
         )
-        for p in baselines:
+        for p, row in zip(baselines, label_rows(baselines, plot.trials), strict=True):
             ax.annotate(
                 str(p.baseline),
                 (p.ratio, p.y),
-                xytext=(5, -2),
+                xytext=(5, -2 - PNG_LABEL_PT * row),
                 textcoords="offset points",
                 fontsize=6,
                 color="C2",
@@ -360,17 +392,20 @@ def figure(plot: FrontPlot) -> Any:
             go.Scatter(
                 x=[p.ratio for p in baselines],
                 y=[p.val_accuracy for p in baselines],
-                mode="markers+text",
+                mode="markers",
                 name="baselines",
                 marker={"symbol": "x", "color": "#2ca02c", "size": 11},
-                text=[p.baseline for p in baselines],
-                textposition="middle right",
-                textfont={"size": 9, "color": "#2ca02c"},
                 hovertext=[p.hover for p in baselines],
                 customdata=[p.number for p in baselines],
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
+        for p, row in zip(baselines, label_rows(baselines, plot.trials), strict=True):
+            fig.add_annotation(
+                x=p.ratio, y=p.val_accuracy, text=str(p.baseline), showarrow=False,
+                xanchor="left", xshift=7, yshift=-HTML_LABEL_PX * row,
+                font={"size": 9, "color": "#2ca02c"},
+            )  # fmt: skip
     if plot.base_accuracy is not None:
         fig.add_trace(
             go.Scatter(

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib.axes
 import matplotlib.image
 import optuna
 import pytest
@@ -140,7 +141,8 @@ def test_plot_verb_writes_png_and_offline_html(
     assert traces[plots.KINDS["infeasible"]]["customdata"] == [4]
     assert traces[plots.KINDS["feasible"]]["customdata"] == [3, 0]
     assert traces[plots.KINDS["screened"]]["customdata"] == [5]
-    assert traces["baselines"]["text"] == ["uniform-l1"]
+    labels = [a for a in layout["annotations"] if a.get("text") == "uniform-l1"]
+    assert len(labels) == 1 and labels[0]["x"] == traces["baselines"]["x"][0]
     assert "baseline uniform-l1" in traces["baselines"]["hovertext"][0]
     assert traces["base model"]["x"] == [1.0] and traces["base model"]["y"] == [BASE_ACCURACY]
     budget_lines = [s for s in layout["shapes"] if s.get("x0") == 0.5 and s.get("x1") == 0.5]
@@ -202,3 +204,31 @@ def test_plot_of_an_unknown_study_or_onto_a_file_exits_2(
     target.write_text("")
     assert main(["plot", "p", "--storage", url, "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def _baseline(name: str, ratio: float, acc: float) -> plots.PlottedTrial:
+    return plots.PlottedTrial(0, "feasible", ratio, acc, name, "")
+
+
+def test_labels_of_tied_baselines_stack_instead_of_overlapping(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tied = [_baseline("uniform-l1", 0.5, 0.95), _baseline("uniform-taylor", 0.5, 0.95)]
+    apart = _baseline("global-l1", 0.3, 0.90)
+    baselines = [*tied, apart]
+    assert plots.label_rows(baselines, baselines) == [0, 1, 0]  # a point far off keeps row 0
+    plot = plots.FrontPlot("s", "macs_ratio", 0.5, trials=baselines)
+
+    offsets: dict[str, Any] = {}
+    real = matplotlib.axes.Axes.annotate
+
+    def annotate(self: Any, text: str, xy: Any, *args: Any, **kwargs: Any) -> Any:
+        offsets[text] = kwargs["xytext"]
+        return real(self, text, xy, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", annotate)
+    plots.write_png(plot, tmp_path / "f.png")
+    assert offsets["uniform-l1"] != offsets["uniform-taylor"]  # PNG
+    shifts = {a.text: a.yshift for a in plots.figure(plot).layout.annotations}
+    assert shifts["uniform-l1"] != shifts["uniform-taylor"]  # HTML
+    assert shifts["global-l1"] == shifts["uniform-l1"] == 0
