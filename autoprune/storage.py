@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -44,6 +45,7 @@ from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError
+from autoprune.files import studies_dir
 
 RETRY_ENV = "AUTOPRUNE_DB_RETRY_SECONDS"
 DEFAULT_RETRY_S = 60.0
@@ -353,3 +355,49 @@ def raise_if_lost(storage: BaseStorage) -> Iterator[None]:
         raise
     if isinstance(storage, ReconnectingStorage) and storage.lost is not None:
         raise storage.lost
+
+
+# ------------------------------------------------------------------ opening a storage
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{studies_dir() / 'autoprune.db'}"
+
+
+def open_storage(url: str | None) -> BaseStorage:
+    """An Optuna RDB storage for a SQLAlchemy URL (default: SQLite under studies/).
+
+    A database server's storage waits out a restart (:class:`~autoprune.storage.ReconnectingStorage`).
+
+    Raises:
+        UserError: the URL is malformed, its driver is missing, or the database cannot be opened.
+    """
+    url = url or default_storage_url()
+    if url.startswith("sqlite:///"):
+        db_path = Path(url[len("sqlite:///") :])
+        if url == default_storage_url():
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        elif str(db_path) not in ("", ":memory:") and not db_path.parent.is_dir():
+            raise UserError(
+                f"--storage {url}: folder {db_path.parent} does not exist; create it or fix the path"
+            )
+    try:
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except ImportError as exc:
+        raise UserError(
+            f"--storage {url}: the database driver is not installed ({exc}); for PostgreSQL install autoprune[postgres]"
+        ) from exc
+    except Exception as exc:
+        raise UserError(
+            f"--storage {url} cannot be opened: {type(exc).__name__}: {exc}".split("\n")[0]
+        ) from exc
+    if url.startswith("sqlite"):
+        return rdb
+    # A database server may restart or drop idle connections during an hours-long search.
+    return ReconnectingStorage(optuna.storages.get_storage(rdb), url)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return engine_kwargs(url)

@@ -29,10 +29,9 @@ from autoprune.config import OBJECTIVES, SearchConfig
 from autoprune.data import canonical_name
 from autoprune.errors import UserError
 from autoprune.failures import Failure, non_finite
-from autoprune.files import studies_dir
 from autoprune.policy import Policy
-from autoprune.storage import ReconnectingStorage
-from autoprune.storage import engine_kwargs as server_engine_kwargs
+from autoprune.storage import default_storage_url as default_storage_url
+from autoprune.storage import open_storage as open_storage
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
 METRIC_NAMES = ["val_accuracy", "macs_ratio"]  # the default objective's (``--objective macs``)
@@ -52,49 +51,6 @@ CONSTRAINTS = {"macs_ratio": CONSTRAINT, "latency_ratio": "latency_budget"}
 AT_BUDGET = 0.01
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def default_storage_url() -> str:
-    return f"sqlite:///{studies_dir() / 'autoprune.db'}"
-
-
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for a SQLAlchemy URL (default: SQLite under studies/).
-
-    A database server's storage waits out a restart (:class:`~autoprune.storage.ReconnectingStorage`).
-
-    Raises:
-        UserError: the URL is malformed, its driver is missing, or the database cannot be opened.
-    """
-    url = url or default_storage_url()
-    if url.startswith("sqlite:///"):
-        db_path = Path(url[len("sqlite:///") :])
-        if url == default_storage_url():
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        elif str(db_path) not in ("", ":memory:") and not db_path.parent.is_dir():
-            raise UserError(
-                f"--storage {url}: folder {db_path.parent} does not exist; create it or fix the path"
-            )
-    try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-    except ImportError as exc:
-        raise UserError(
-            f"--storage {url}: the database driver is not installed ({exc}); for PostgreSQL install autoprune[postgres]"
-        ) from exc
-    except Exception as exc:
-        raise UserError(
-            f"--storage {url} cannot be opened: {type(exc).__name__}: {exc}".split("\n")[0]
-        ) from exc
-    if url.startswith("sqlite"):
-        return rdb
-    # A database server may restart or drop idle connections during an hours-long search.
-    return ReconnectingStorage(optuna.storages.get_storage(rdb), url)
-
-
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30}}
-    return server_engine_kwargs(url)
 
 
 def study_name_for(config: SearchConfig) -> str:

@@ -70,8 +70,16 @@ def test_dashboard_serves_the_studies_and_stops_on_ctrl_c(tmp_path: Path) -> Non
             assert listed is not None, f"no answer on port {port}: {stderr.read_text()}"
             names = [s["study_name"] for s in listed["study_summaries"]]
             assert names == ["dash"]
+            # A browser holds a connection open, a request half sent (the server, one thread,
+            # waits on it); Ctrl-C must still stop it within 2 s.
+            browser = socket.create_connection(("127.0.0.1", port))
+            browser.sendall(b"GET /dashboard HTTP/1.1\r\nHost: localhost\r\n")
+            time.sleep(0.5)
+            sent = time.monotonic()
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             assert proc.wait(timeout=30) == 0
+            assert time.monotonic() - sent <= 2.0, "the dashboard took over 2 s to exit"
+            browser.close()
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -32,7 +32,7 @@ def serve(storage_url: str | None, host: str, port: int) -> int:
         raise UserError(
             f"the dashboard needs optuna-dashboard, which is not installed: {INSTALL}"
         ) from exc
-    from autoprune.study import default_storage_url, open_storage
+    from autoprune.storage import default_storage_url, open_storage
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port} is not a TCP port: give one in 1..65535, e.g. 8080")
