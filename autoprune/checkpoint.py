@@ -126,6 +126,7 @@ class ReplayResult:
     macs_ratio: float
     params_ratio: float
     policy: Policy
+    program: Path | None = None  # the torch.export file (.pt2); None when it could not trace
 
 
 def replay(
@@ -141,13 +142,16 @@ def replay(
     threads: int | None = None,
     precision: str = "auto",
     loader_workers: int = 0,
+    export_program_file: bool = True,
     log: Any = print,
 ) -> ReplayResult:
     """Apply ``policy`` to its base checkpoint, fine-tune, report test accuracy, save a checkpoint.
 
     The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
-    evaluated as well. ``imagefolder:`` images are resized to the size the base checkpoint was
+    evaluated as well. Beside the checkpoint goes a ``torch.export`` program (``.pt2``,
+    :func:`autoprune.deploy.export_program`) unless ``export_program_file`` is off; a model
+    that cannot be traced gets a log line instead. ``imagefolder:`` images are resized to the size the base checkpoint was
     trained at (its ``input_shape``); ``image_size`` may only repeat it. ``precision`` is the
     fine-tune's autocast (:data:`autoprune.train.PRECISIONS`); accuracy is measured in float32.
     """
@@ -195,6 +199,16 @@ def replay(
     )
     pruned.model.cpu()
     save_checkpoint(out_path, pruned.model, pruned.history, pruned.policy, metrics, base.sha256)
+    program: Path | None = None
+    if export_program_file:
+        from autoprune.deploy import export_program
+
+        try:  # loads with stock PyTorch, no autoprune: what ships
+            program = export_program(
+                pruned.model, base.spec.example_inputs(), out_path.with_suffix(".pt2")
+            )
+        except UserError as exc:
+            log(f"replay: {out_path.with_suffix('.pt2')} not written: {exc}")
     return ReplayResult(
         out_path,
         test.accuracy,
@@ -202,4 +216,5 @@ def replay(
         metrics["macs_ratio"],
         metrics["params_ratio"],
         pruned.policy,
+        program,
     )

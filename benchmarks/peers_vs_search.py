@@ -292,7 +292,8 @@ def run_setting(
             if result is None:
                 result = replay(
                     policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
-                    out=out / "checkpoints" / f"{name}-{label}.pt", log=lambda _line: None,
+                    out=out / "checkpoints" / f"{name}-{label}.pt", export_program_file=False,
+                    log=lambda _line: None,
                 )  # fmt: skip
                 if root is not None:
                     replayed[root] = result

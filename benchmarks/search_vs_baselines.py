@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     policy,
                     epochs=args.replay_epochs,
                     out=args.out / f"{name}-{label}.pt",
+                    export_program_file=False,
                     log=lambda _line: None,
                 )
                 row = {

@@ -364,6 +364,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ],
         title="replayed policy",
     )
+    if result.program is not None:
+        print(
+            f"torch.export program: {result.program} (stock PyTorch loads it, no autoprune: "
+            f"torch.export.load('{result.program}').module(); any batch size, eval mode)"
+        )
     return 0
 
 
