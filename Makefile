@@ -43,14 +43,16 @@ pytest: setup
 test: lint typecheck pytest
 
 # autoprune's searched winner against hand-written policies, Torch-Pruning and ModelOpt FastNAS on
-# Fashion-MNIST (docs/benchmarks.md). PROFILE=cpu: about an hour on 2 cores (plus ~20 minutes to
-# train the ResNet-20 base once); PROFILE=gpu: ResNet-56 and MobileNetV2 on one GPU.
+# Fashion-MNIST (docs/benchmarks.md). PROFILE=cpu: about an hour on 2 cores (plus ~15 minutes to
+# train the ResNet-20 base once); PROFILE=gpu: ResNet-56 and MobileNetV2 on one GPU. RUNGS=2: the
+# searches climb a ladder, and the winner each had without it is a row of its own.
 PROFILE ?= cpu
+RUNGS ?= 2
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 benchmark: setup
 	@test -d $(FASHION_MNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "could not install Debian's dataset-fashion-mnist here: install it, or the search will say what is missing"
-	$(BIN)/python benchmarks/peers_vs_search.py --profile $(PROFILE)
+	$(BIN)/python benchmarks/peers_vs_search.py --profile $(PROFILE) --rungs $(RUNGS)
 
 clean:
 	rm -rf studies/base studies/cache studies/*.db policies/_scratch

@@ -1,9 +1,9 @@
 """autoprune's searched winner against hand-written policies and the tools a user would pick instead.
 
     make benchmark                                             # the cpu profile (about an hour, 2 cores)
-    python benchmarks/peers_vs_search.py --profile cpu
+    python benchmarks/peers_vs_search.py --profile cpu --rungs 2   # what make benchmark runs
     python benchmarks/peers_vs_search.py --profile gpu        # ResNet-56 and MobileNetV2, one GPU
-    python benchmarks/peers_vs_search.py --report benchmarks/results/peers-cpu.json   # tables again
+    python benchmarks/peers_vs_search.py --report benchmarks/results/peers-cpu-rungs2.json   # tables again
 
 Fashion-MNIST. For every (network, budget, seed) it runs ``autoprune search`` (its baselines are
 trials of the same study: uniform rates per criterion, global ranking, the sensitivity
@@ -63,9 +63,9 @@ class Profile:
 
 
 PROFILES = {
-    # About 70 minutes on 2 cores once the base exists (training it adds ~20 minutes, once):
-    # the six searches take ~17 of them, the peers' calls ~5, the final fine-tunes the rest
-    # (with 0.5 epochs of final fine-tune instead of 0.3 it took 82 minutes).
+    # About 63 minutes on 2 cores with --rungs 2 once the base exists (training it adds ~14
+    # minutes, once): the six searches take ~22 of them, the peers' calls ~5, the final
+    # fine-tunes the rest (without the ladder the searches take a third less).
     # MobileNetV2 is left to the gpu profile: an epoch of it on Fashion-MNIST takes ~11 minutes
     # on 2 cores (4.8x ResNet-20's 2.3), so its base alone would take the hour.
     "cpu": Profile(
