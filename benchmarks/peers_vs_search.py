@@ -420,27 +420,32 @@ def plot(rows: list[dict], network: str, budget: float, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     mine = [
         r
         for r in rows
         if r["network"] == network and r["budget"] == budget and "test_accuracy" in r
     ]
-    for method in dict.fromkeys(r["method"] for r in mine):
+    _header, lines = table(rows, network, budget)  # the table's order: the legend's
+    methods = [line[0] for line in lines if any(r["method"] == line[0] for r in mine)]
+    markers = {"uniform": "o", "global": "s", "sensitivity": "D", "torch-pruning": "^",
+               "fastnas": "v", "searched": "P"}  # fmt: skip
+    colors = plt.get_cmap("tab20").colors  # 12+ methods: tab10 would repeat a colour
+    for i, method in enumerate(methods):
         got = [r for r in mine if r["method"] == method]
         acc, se = _mean_se([r["test_accuracy"] for r in got])
         macs = statistics.fmean(r["macs_ratio"] for r in got)
         style = (
             {"marker": "*", "markersize": 14, "color": "crimson"}
             if method == SEARCHED
-            else {"marker": "o"}
+            else {"marker": markers.get(got[0]["kind"], "o"), "color": colors[i % len(colors)]}
         )
         ax.errorbar(macs, acc, yerr=0 if math.isnan(se) else se, label=method, capsize=3, **style)
     ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:g}")
     ax.set_xlabel("MACs ratio (pruned / base)")
     ax.set_ylabel("test accuracy after the equal fine-tune")
     ax.set_title(f"{network} on {DATASET}, budget {budget:g}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
