@@ -150,7 +150,7 @@ def replay(
     The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
     evaluated as well. Beside the checkpoint goes a ``torch.export`` program (``.pt2``,
-    :func:`autoprune.deploy.export_program`) unless ``export_program_file`` is off; a model
+    :func:`autoprune.program.export_program`) unless ``export_program_file`` is off; a model
     that cannot be traced gets a log line instead. ``imagefolder:`` images are resized to the size the base checkpoint was
     trained at (its ``input_shape``); ``image_size`` may only repeat it. ``precision`` is the
     fine-tune's autocast (:data:`autoprune.train.PRECISIONS`); accuracy is measured in float32.
@@ -201,7 +201,7 @@ def replay(
     save_checkpoint(out_path, pruned.model, pruned.history, pruned.policy, metrics, base.sha256)
     program: Path | None = None
     if export_program_file:
-        from autoprune.deploy import export_program
+        from autoprune.program import export_program
 
         try:  # loads with stock PyTorch, no autoprune: what ships
             program = export_program(

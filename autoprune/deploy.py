@@ -71,6 +71,29 @@ def load_any_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor, str]
     )
 
 
+def checkpoint_dataset(path: str | Path) -> tuple[str | None, int | None]:
+    """The dataset a checkpoint's base was trained on, and the image size to load it at:
+    ``(None, None)`` when the checkpoint does not say (a pruned one whose base file moved)."""
+    from autoprune.base import BASE_FORMAT, load_base
+    from autoprune.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+
+    payload = read_torch_file(
+        path, "checkpoint", "give a file written by `autoprune replay` or `autoprune train`"
+    )
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == BASE_FORMAT:
+        base = load_base(path, payload)
+    elif fmt == CHECKPOINT_FORMAT:
+        source = load_checkpoint(path, payload).policy.base.checkpoint
+        if not source or not Path(source).is_file():
+            return None, None
+        base = load_base(source)
+    else:
+        return None, None
+    name = base.dataset.get("name")
+    return (str(name), base.image_size(str(name))) if name else (None, None)
+
+
 class OnnxCheckError(Exception):
     """The exported file is not a usable ONNX model (checker or runtime rejected it)."""
 
@@ -84,35 +107,6 @@ def _median_ms(run: Any, repeats: int, warmup: int = 3) -> float:
         run()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def export_program(model: nn.Module, example_inputs: torch.Tensor, out: str | Path) -> Path:
-    """Write ``model`` as a ``torch.export`` program (``.pt2``) that stock PyTorch loads.
-
-    ``torch.export.load(path).module()`` rebuilds the network in a process without autoprune
-    (the file holds the traced ATen graph and the weights, not our classes). The batch
-    dimension is dynamic (1 and up); everything else is fixed at ``example_inputs``' shape,
-    the network runs in eval mode (BatchNorm with its running statistics), and only the
-    forward pass is kept: fine-tuning the loaded module again needs the ``.pt`` checkpoint.
-
-    Raises:
-        UserError: ``torch.export`` cannot trace the model (data-dependent control flow, say),
-            with the exporter's first line.
-    """
-    batch = torch.export.Dim("batch", min=1)
-    example = example_inputs[:1].expand(2, *example_inputs.shape[1:]).contiguous()
-    with model_mode(model, training=False, device="cpu"), torch.no_grad():
-        try:
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        except Exception as exc:  # the exporter raises many types; all mean "cannot trace"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise UserError(
-                f"torch.export cannot trace this model ({type(exc).__name__}: {first}); the "
-                ".pt checkpoint and `autoprune onnx` still work"
-            ) from exc
-    with atomic_write(out) as tmp:
-        torch.export.save(program, str(tmp))
-    return Path(out)
 
 
 def check_onnx(

@@ -311,4 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images compared with PyTorch (default 8)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per runtime (default 30)")
     p.add_argument("--threads", type=int, help="CPU threads for both runtimes")
+    p.add_argument(
+        "--int8", action="store_true",
+        help="also quantize to INT8 (ONNX Runtime static, QDQ) and print fp32 and INT8 test "
+        "accuracy and latency at batch 1 and 32 (writes FILE.int8.onnx)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dataset", help="--int8's calibration and test data (default: the base's dataset)"
+    )
+    p.add_argument("--data-root", help="folder of the dataset's files, where it needs one")
+    p.add_argument(
+        "--calibration-images", type=int, default=512,
+        help="training images INT8 activation ranges are calibrated on (default 512)",
+    )  # fmt: skip
     return parser

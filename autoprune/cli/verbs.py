@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autoprune.cli.tables import print_study, print_table
 from autoprune.errors import UserError
@@ -394,6 +395,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.checkpoint).resolve():
         raise UserError(f"--out {out} is the checkpoint itself: choose another file name")
     model, inputs, kind = load_any_checkpoint(args.checkpoint)
+    int8 = _int8_data(args) if args.int8 else None
     macs, params = count_macs_params(model, inputs)
     try:
         report = check_onnx(model, inputs, out, batch=args.batch, repeats=args.repeats)
@@ -432,4 +434,60 @@ def cmd_onnx(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if int8 is not None:
+        _int8(args, out, inputs, *int8)
     return 0
+
+
+def _int8_data(args: argparse.Namespace) -> tuple[str, Any]:
+    """``onnx --int8``'s dataset and splits, before anything is exported (a missing dataset
+    stops here, in one line)."""
+    from autoprune.deploy import checkpoint_dataset
+    from autoprune.objective import load_splits
+
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images {args.calibration_images} must be >= 1")
+    name, image_size = checkpoint_dataset(args.checkpoint)
+    dataset = args.dataset or name
+    if not dataset:
+        raise UserError(
+            f"{args.checkpoint} records no dataset (its base checkpoint is not where the policy "
+            "says): pass --dataset NAME, the data INT8 is calibrated on (training images) and "
+            "tested on"
+        )
+    return dataset, load_splits(dataset, args.data_root, image_size=image_size)
+
+
+def _int8(args: argparse.Namespace, fp32: Path, inputs: Any, dataset: str, splits: Any) -> None:
+    """``onnx --int8``: quantize the checked fp32 file, then fp32 and INT8 side by side."""
+    from autoprune.quantize import LATENCY_BATCHES, int8_report
+
+    out = fp32.with_suffix(".int8.onnx")
+    report = int8_report(
+        fp32, out, splits.train, splits.test, inputs[:1].numpy(), repeats=args.repeats,
+        threads=args.threads, calibration_images=args.calibration_images,
+    )  # fmt: skip
+
+    def timing(model: Any, batch: int) -> str:
+        t = model.latency[batch]
+        return f"{t.median_ms:.2f} ({t.iqr_ms:.2f})"
+
+    print_table(
+        ["precision", "onnx file", "size MB", "test acc"]
+        + [f"batch {b} ms, median (IQR)" for b in LATENCY_BATCHES],
+        [
+            (
+                m.precision,
+                m.path,
+                f"{m.size_bytes / 2**20:.2f}",
+                f"{m.test_accuracy:.4f}",
+                *(timing(m, b) for b in LATENCY_BATCHES),
+            )
+            for m in (report.fp32, report.int8)
+        ],
+        title=(
+            f"INT8 (ONNX Runtime static quantization, QDQ, per-channel weights, calibrated on "
+            f"{report.calibration_images} {dataset} training images) on {report.test_images} test "
+            f"images; latency over {args.repeats} runs on the CPU execution provider"
+        ),
+    )
