@@ -9,6 +9,7 @@ pruned checkpoint.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ def export_program(model: nn.Module, example_inputs: torch.Tensor, out: str | Pa
                 f"torch.export cannot trace this model ({type(exc).__name__}: {first}); the "
                 ".pt checkpoint and `autoprune onnx` still work"
             ) from exc
+    buffer = io.BytesIO()  # torch.export.save wants a .pt2 name; the temporary file has none
+    torch.export.save(program, buffer)
     with atomic_write(out) as tmp:
-        torch.export.save(program, str(tmp))
+        tmp.write_bytes(buffer.getvalue())
     return Path(out)
