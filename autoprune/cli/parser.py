@@ -303,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     _add_image_size_arg(p, "; a base checkpoint's own size is used when not given")
     p = sub.add_parser(
+        "sensitivity",
+        help="per-group sensitivity curves (the sensitivity prior's) as a table and a PNG",
+    )
+    p.add_argument("--model", default="resnet20")
+    p.add_argument(
+        "--dataset",
+        help="default: the base checkpoint's dataset (mnist5k without --base-checkpoint)",
+    )
+    p.add_argument("--base-checkpoint", help="the trained base (default: the cached one)")
+    p.add_argument("--space", default="default", help="its max_rate caps the measured rates")
+    p.add_argument("--data-root", help="folder holding the dataset, where it needs one")
+    p.add_argument("--out", help="PNG file (default: sensitivity-MODEL-DATASET.png)")
+    _add_format_arg(p)
+
+    p = sub.add_parser(
         "onnx",
         help="export a checkpoint to ONNX and check it under ONNX Runtime (needs the onnx extra)",
     )

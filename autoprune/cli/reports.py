@@ -144,6 +144,16 @@ def study_report(
             zip((metric, "val_accuracy"), studies.HYPERVOLUME_REFERENCE, strict=True)
         ),
     }
+    report["sensitivity_command"] = None
+    used = any(t.params.get("prior") == "sensitivity" for t in trials.values()) or any(
+        str(t.user_attrs[studies.BASELINE_ATTR]).startswith("sensitivity") for t in base
+    )
+    stored = studies.search_config(study) if raw_config else None
+    if used and stored is not None and stored.base_checkpoint:  # its prior's curves
+        report["sensitivity_command"] = (
+            f"autoprune sensitivity --base-checkpoint {stored.base_checkpoint} "
+            f"--dataset {stored.dataset}"
+        )
     rho = studies.proxy_spearman(study)
     report["proxy_spearman"] = None if rho is None else {"rho": rho[0], "trials": rho[1]}
     report["failed_trials"] = [

@@ -97,6 +97,10 @@ def study_table(report: dict[str, Any]) -> None:
             f"front hypervolume (val acc against {LABELS[report['front_metric']]}, reference "
             f"{ref[report['front_metric']]:g} / {ref['val_accuracy']:g}): {_number(hv['value'], 4)}"
         )
+    if report.get("sensitivity_command"):
+        print(
+            f"per-group sensitivity behind the sensitivity prior: {report['sensitivity_command']}"
+        )
     rho = report["proxy_spearman"]
     if rho is not None:
         print(

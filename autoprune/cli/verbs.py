@@ -288,6 +288,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("sensitivity")
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from autoprune.cli.sensitivity import run
+
+    return run(args)
+
+
 @verb("dashboard")
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from autoprune.cli.dashboard import serve
