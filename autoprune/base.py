@@ -22,7 +22,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.files import read_torch_file, save_torch, studies_dir
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 
 BASE_FORMAT = "autoprune.base/1"
 

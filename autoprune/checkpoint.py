@@ -24,7 +24,7 @@ from torch import nn
 from autoprune.base import is_state_dict, load_base, state_dict_sha256
 from autoprune.errors import UserError
 from autoprune.files import read_torch_file, save_torch
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.objective import ObjectiveConfig, base_macs_params, finetune, prune_policy
 from autoprune.policy import Policy
 from autoprune.prune import replay_history

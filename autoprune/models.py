@@ -1,4 +1,4 @@
-"""Model registry: build a network by name, and the ModelSpec that names one in files.
+"""Model registry: build a network by name (`autoprune.modelspec` names one in files).
 
 Models are created by a self-explaining name::
 
@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from autoprune import architectures
@@ -290,39 +289,3 @@ def _create_user(spec: str, kwargs: dict[str, int]) -> nn.Module:
             f"model '{spec}': the factory returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model's base architecture (stored in checkpoints/policies)."""
-
-    name: str  # registry name, tv:NAME, timm:NAME or package.module:factory
-    num_classes: int
-    input_shape: tuple[int, int, int]  # (channels, height, width)
-
-    def build(self) -> nn.Module:
-        return create(self.name, num_classes=self.num_classes, in_channels=self.input_shape[0])
-
-    def example_inputs(self, batch: int = 1) -> torch.Tensor:
-        return torch.zeros(batch, *self.input_shape)
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.input_shape),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> ModelSpec:
-        try:
-            shape = tuple(int(v) for v in raw["input_shape"])
-            if len(shape) != 3:
-                raise ValueError("input_shape must have 3 entries")
-            return cls(
-                name=str(raw["name"]), num_classes=int(raw["num_classes"]), input_shape=shape
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"model spec {raw!r} is invalid ({exc}): it needs name, num_classes and input_shape [C, H, W]"
-            ) from exc

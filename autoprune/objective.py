@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from autoprune import data, prune
+from autoprune import criteria, data, prune
 from autoprune.base import BaseCheckpoint, load_base
 from autoprune.budget import DEFAULT_TOLERANCE, base_macs_model, project_to_budget
 from autoprune.criteria.cache import ScoreCache
@@ -195,6 +195,7 @@ def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     inputs = spec.example_inputs()
     base_macs, _ = base_macs_params(base)
     policy.validate_against(spec, base_sha256=base.sha256)
+    criteria.check_policy(policy)
     policy = replace(
         policy,
         base=BaseRef(checkpoint=str(base.path), sha256=base.sha256),

@@ -16,8 +16,9 @@ A policy is plain data with a lossless YAML form (``schema: autoprune.policy/1``
     True
 
 Only ``model`` and ``groups`` are required; every other section has defaults. Structural
-validation (types, ranges) happens on load; validation against a concrete model (group names,
-criteria) is :meth:`Policy.validate_against`.
+validation (types, ranges) happens on load; validation against a concrete model (group names)
+is :meth:`Policy.validate_against`, and criterion names are checked by the registry
+(:func:`autoprune.criteria.check_policy`). Importing this module loads no torch.
 """
 
 from __future__ import annotations
@@ -29,13 +30,71 @@ from typing import Any
 
 import yaml
 
-from autoprune import criteria
 from autoprune.errors import UserError
 from autoprune.files import parse_yaml, read_text_file, write_text
-from autoprune.models import ModelSpec
-from autoprune.train import Distill, Retrain
+from autoprune.modelspec import ModelSpec
 
 SCHEMA = "autoprune.policy/1"
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+REGULARIZERS = ("none", "orthogonal")
+
+
+@dataclass
+class Distill:
+    """Knowledge distillation from the unpruned base during a fine-tune (Hinton et al., 2015).
+
+    The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(p_teacher || p_student)``
+    with both distributions softened by temperature ``T``; ``alpha`` 0 is plain cross-entropy.
+    """
+
+    alpha: float = 0.0  # weight of the distillation term, in [0, 1]
+    temperature: float = 4.0  # softening of both distributions, > 0
+
+    def validate(self, where: str = "retrain.distill") -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"{where}.alpha = {self.alpha} must be in [0, 1] (0: no distillation)")
+        if self.temperature <= 0:
+            raise UserError(f"{where}.temperature = {self.temperature} must be > 0")
+
+    @property
+    def on(self) -> bool:
+        return self.alpha > 0
+
+
+@dataclass
+class Retrain:
+    """A (re)training recipe: a policy's ``retrain`` section, and what :func:`fit` runs.
+
+    The one definition of these settings: policies, search spaces, base training and replay's
+    longer fine-tune all use it, and :meth:`validate` is the one check of its values.
+    """
+
+    epochs: float = 1.0  # passes over the training split; fractions allowed
+    lr: float = 0.02  # peak learning rate
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam" (AdamW)
+    schedule: str = "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%), "constant"
+    regularizer: str = "none"  # "none" or "orthogonal" (kernel orthogonality on 3x3 convs)
+    regularizer_weight: float = 0.01  # weight of the regulariser term in the loss
+    distill: Distill = field(default_factory=Distill)  # from the unpruned base; off by default
+
+    def validate(self, where: str = "retrain") -> None:
+        """Raise a :class:`UserError` naming ``where`` (e.g. the policy file) for a bad value."""
+        self.distill.validate(f"{where}.distill")
+        if self.epochs < 0:
+            raise UserError(f"{where}.epochs = {self.epochs} must be >= 0 (0: no fine-tune)")
+        if self.lr <= 0:
+            raise UserError(f"{where}.lr = {self.lr} must be > 0")
+        for key, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("regularizer", REGULARIZERS),
+        ):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise UserError(
+                    f"{where}.{key} '{value}' is unknown; allowed: {', '.join(allowed)}"
+                )
 
 
 @dataclass
@@ -330,9 +389,12 @@ class Policy:
         ``group_names=None`` skips the group check (used before blocks are dropped, when the
         final group list is not known yet).
 
+        Criterion names are checked where the policy meets the registry
+        (:func:`autoprune.criteria.check_policy`), so this data class needs no torch.
+
         Raises:
-            UserError: the policy was written for another model, names an unknown group or
-                criterion, or its base hash does not match ``base_sha256``.
+            UserError: the policy was written for another model, names an unknown group, or
+                its base hash does not match ``base_sha256``.
         """
         if (self.model.name, self.model.num_classes, tuple(self.model.input_shape)) != (
             spec.name,
@@ -350,19 +412,6 @@ class Policy:
                 f"policy groups {', '.join(unknown)}: {spec.name} has no such group; "
                 f"allowed groups: {', '.join(group_names or [])} (see `autoprune inspect --model {spec.name}`)"
             )
-        known = set(criteria.available()) | {"auto"}
-        scoring = criteria.scoring_criteria()
-        bad_pool = [c for c in self.loss_aware.pool if c not in scoring]
-        if bad_pool and any(g.criterion == "auto" for g in self.groups.values()):
-            raise UserError(
-                f"policy loss_aware.pool names {', '.join(bad_pool)}, which are not scoring criteria; "
-                f"allowed: {', '.join(scoring)}"
-            )
-        for name, g in self.groups.items():
-            if g.criterion not in known:
-                raise UserError(
-                    f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
-                )
         if (
             base_sha256 is not None
             and self.base.sha256 is not None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune import depth
+from autoprune import criteria, depth
 from autoprune.budget import ChannelBudget, allowed_removal
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
@@ -114,6 +114,7 @@ def apply(
     graph = build_graph(model, inputs)
     groups = current_groups(model, graph)
     policy.validate_against(policy.model, list(groups))
+    criteria.check_policy(policy)
     if target is not None and macs_model is None:
         macs_model = MacsModel(model, inputs, base_macs, graph=graph)
     base_channels = {name: len(g[0].idxs) for name, g in groups.items()}

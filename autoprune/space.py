@@ -49,9 +49,18 @@ from autoprune import criteria
 from autoprune.errors import UserError
 from autoprune.files import parse_yaml, read_text_file
 from autoprune.groups import build_graph, current_groups
-from autoprune.models import ModelSpec
-from autoprune.policy import BaseRef, ClassAware, Depth, GroupPolicy, Policy, Schedule
-from autoprune.train import REGULARIZERS, Distill, Retrain
+from autoprune.modelspec import ModelSpec
+from autoprune.policy import (
+    REGULARIZERS,
+    BaseRef,
+    ClassAware,
+    Depth,
+    Distill,
+    GroupPolicy,
+    Policy,
+    Retrain,
+    Schedule,
+)
 
 SCHEMA = "autoprune.space/1"
 GRANULARITIES = ("group", "stage", "global")

@@ -1,4 +1,4 @@
-"""Training: the Retrain recipe, the fit and evaluate loops, BatchNorm recalibration.
+"""Training: the fit and evaluate loops that run a Retrain recipe (`autoprune.policy`), BN recalibration.
 
 One loop serves base training (``autoprune train``), the short fine-tune of every search trial
 and the longer fine-tune of ``replay``. Epochs may be fractional (``0.5`` = half an epoch of
@@ -30,76 +30,17 @@ from torch.utils.data import Dataset
 from autoprune.data import Loader, batches
 from autoprune.errors import UserError
 from autoprune.groups import BATCH_NORMS
+from autoprune.policy import Distill, Retrain
 
 Log = Callable[[str], None]
 
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "step", "constant")
-REGULARIZERS = ("none", "orthogonal")
 # Autocast precision of the fine-tune; "auto": bf16 (or fp16 before Ampere) on CUDA, fp32 else.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Training steps between checks that the loss is finite on a GPU (each check waits for it); on
 # the CPU the check costs nothing and runs every step, so a diverged fine-tune stops at once.
 _FINITE_CHECK_STEPS = 25
-
-
-@dataclass
-class Distill:
-    """Knowledge distillation from the unpruned base during a fine-tune (Hinton et al., 2015).
-
-    The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(p_teacher || p_student)``
-    with both distributions softened by temperature ``T``; ``alpha`` 0 is plain cross-entropy.
-    """
-
-    alpha: float = 0.0  # weight of the distillation term, in [0, 1]
-    temperature: float = 4.0  # softening of both distributions, > 0
-
-    def validate(self, where: str = "retrain.distill") -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"{where}.alpha = {self.alpha} must be in [0, 1] (0: no distillation)")
-        if self.temperature <= 0:
-            raise UserError(f"{where}.temperature = {self.temperature} must be > 0")
-
-    @property
-    def on(self) -> bool:
-        return self.alpha > 0
-
-
-@dataclass
-class Retrain:
-    """A (re)training recipe: a policy's ``retrain`` section, and what :func:`fit` runs.
-
-    The one definition of these settings: policies, search spaces, base training and replay's
-    longer fine-tune all use it, and :meth:`validate` is the one check of its values.
-    """
-
-    epochs: float = 1.0  # passes over the training split; fractions allowed
-    lr: float = 0.02  # peak learning rate
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam" (AdamW)
-    schedule: str = "cosine"  # "cosine" (per step, to 0), "step" (x0.1 at 50% and 75%), "constant"
-    regularizer: str = "none"  # "none" or "orthogonal" (kernel orthogonality on 3x3 convs)
-    regularizer_weight: float = 0.01  # weight of the regulariser term in the loss
-    distill: Distill = field(default_factory=Distill)  # from the unpruned base; off by default
-
-    def validate(self, where: str = "retrain") -> None:
-        """Raise a :class:`UserError` naming ``where`` (e.g. the policy file) for a bad value."""
-        self.distill.validate(f"{where}.distill")
-        if self.epochs < 0:
-            raise UserError(f"{where}.epochs = {self.epochs} must be >= 0 (0: no fine-tune)")
-        if self.lr <= 0:
-            raise UserError(f"{where}.lr = {self.lr} must be > 0")
-        for key, allowed in (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("regularizer", REGULARIZERS),
-        ):
-            value = getattr(self, key)
-            if value not in allowed:
-                raise UserError(
-                    f"{where}.{key} '{value}' is unknown; allowed: {', '.join(allowed)}"
-                )
 
 
 @dataclass

@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.base import ensure_default_base, load_base
     from autoprune.groups import discover_groups
     from autoprune.objective import ObjectiveConfig, evaluate_policy
-    from autoprune.policy import GroupPolicy, Policy
-    from autoprune.train import Retrain
+    from autoprune.policy import GroupPolicy, Policy, Retrain
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = (

@@ -317,7 +317,8 @@ def probe_class(ray: Any) -> Any:
             import torch
 
             from autoprune import models
-            from autoprune.train import Retrain, TrainConfig, fit
+            from autoprune.policy import Retrain
+            from autoprune.train import TrainConfig, fit
 
             sizes = self.sizes
             model = models.create(sizes.model, num_classes=10, in_channels=1)
@@ -509,7 +510,8 @@ def autotune_stage(sizes: Sizes, campaign: Campaign) -> Callable[[float], dict[s
 
         from autoprune import data, models
         from autoprune.data import TensorSplit
-        from autoprune.train import Retrain, TrainConfig, fit
+        from autoprune.policy import Retrain
+        from autoprune.train import TrainConfig, fit
 
         deadline = time.monotonic() + seconds
         device = torch.device(sizes.device)

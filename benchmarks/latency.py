@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune import data, models
+    from autoprune import data
     from autoprune.base import ensure_default_base, load_base, save_base
     from autoprune.groups import build_graph, current_groups
     from autoprune.latency import LatencySettings, describe, measure
     from autoprune.macs import count_macs_params
+    from autoprune.modelspec import ModelSpec
     from autoprune.objective import ObjectiveConfig, prune_policy
     from autoprune.policy import GroupPolicy, Policy
     from autoprune.train import select_device
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             base = ensure_default_base(name, args.dataset, log=lambda _: None)
         else:
             splits = data.create(args.dataset)
-            spec = models.ModelSpec(name, splits.num_classes, splits.input_shape)
+            spec = ModelSpec(name, splits.num_classes, splits.input_shape)
             path = args.out / f"latency-{name.replace(':', '_')}-{args.dataset}.pt"
             save_base(path, spec.build(), spec, {"name": args.dataset, "seed": 0}, {})
             base = load_base(path)

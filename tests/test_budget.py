@@ -26,7 +26,7 @@ from autoprune.budget import (
 )
 from autoprune.errors import UserError
 from autoprune.macs import MacsModel, count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 

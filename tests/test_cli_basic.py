@@ -86,7 +86,8 @@ def test_diverging_training_is_a_user_error_that_names_the_learning_rate() -> No
     import torch
 
     from autoprune.errors import UserError
-    from autoprune.train import Retrain, TrainConfig, fit
+    from autoprune.policy import Retrain
+    from autoprune.train import TrainConfig, fit
 
     torch.manual_seed(0)
     images, labels = torch.randn(32, 1, 28, 28), torch.arange(32) % 10

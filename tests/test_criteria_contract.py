@@ -24,7 +24,7 @@ from autoprune import criteria, groups, prune
 from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.data import TensorSplit
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 SCORING = criteria.scoring_criteria()

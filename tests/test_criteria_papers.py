@@ -24,7 +24,7 @@ from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.criteria.relevance import channel_relevance, explainer
 from autoprune.criteria.taps import ChannelTaps
 from autoprune.data import TensorSplit
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import ClassAware, GroupPolicy, Policy
 
 # Total relevance (1 on the true-class logit) may drift from 1 by this much per image at a

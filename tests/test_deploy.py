@@ -13,7 +13,7 @@ from autoprune import groups, prune
 from autoprune.checkpoint import save_checkpoint
 from autoprune.cli import main
 from autoprune.errors import UserError
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")

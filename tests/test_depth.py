@@ -16,7 +16,7 @@ from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.errors import UserError
 from autoprune.macs import count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import ClassAware, Depth, GroupPolicy, Policy
 
 

@@ -16,10 +16,9 @@ from autoprune import groups
 from autoprune.base import save_base
 from autoprune.checkpoint import load_checkpoint, replay
 from autoprune.errors import UserError
-from autoprune.models import ModelSpec
-from autoprune.policy import GroupPolicy, Policy
+from autoprune.modelspec import ModelSpec
+from autoprune.policy import GroupPolicy, Policy, Retrain
 from autoprune.program import export_program
-from autoprune.train import Retrain
 
 SPEC = ModelSpec("resnet20", 10, (1, 28, 28))
 

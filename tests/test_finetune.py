@@ -16,7 +16,7 @@ from autoprune import groups
 from autoprune.base import save_base
 from autoprune.checkpoint import load_checkpoint, replay
 from autoprune.errors import UserError
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.train import (
     Distill,

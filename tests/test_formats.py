@@ -22,7 +22,7 @@ from autoprune import study as studies
 from autoprune.cli import main
 from autoprune.config import SearchConfig
 from autoprune.export import export_front
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")

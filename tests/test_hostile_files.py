@@ -25,7 +25,7 @@ from autoprune.checkpoint import save_checkpoint
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.files import atomic_write, read_torch_file, write_text
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import Policy
 from autoprune.space import SearchSpace
 

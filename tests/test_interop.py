@@ -28,7 +28,7 @@ from autoprune.cli.parser import build_parser
 from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
 from autoprune.groups import classifier_layers
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import Policy
 from autoprune.study import BASELINE_ATTR, DIRECTIONS

@@ -24,7 +24,7 @@ from autoprune.errors import UserError
 from autoprune.groups import build_graph, current_groups
 from autoprune.latency import Latency, LatencySettings, macs_target_for, measure
 from autoprune.macs import count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.prune import apply
 

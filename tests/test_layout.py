@@ -36,14 +36,15 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imported_modules(name: str, path: Path) -> set[str]:
-    """The autoprune modules ``name`` imports, anywhere in its code except TYPE_CHECKING blocks."""
+def _imported_modules(name: str, path: Path, type_level: bool = False) -> set[str]:
+    """The autoprune modules ``name`` imports, anywhere in its code; TYPE_CHECKING blocks too
+    with ``type_level``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_level:
             for child in node.orelse:
                 visit(child)
             return
@@ -67,6 +68,8 @@ def _imported_modules(name: str, path: Path) -> set[str]:
 
 
 GRAPH = {name: _imported_modules(name, path) for name, path in MODULES.items()}
+# With the imports that exist only for the type checker: a reader meets those circles too.
+TYPE_GRAPH = {name: _imported_modules(name, path, True) for name, path in MODULES.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -107,6 +110,26 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_package_has_no_import_cycle() -> None:
     cycles = _cycles(GRAPH)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_no_import_cycle_even_for_the_type_checker() -> None:
+    cycles = _cycles(TYPE_GRAPH)
+    assert not cycles, "type-level import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_a_policy_is_plain_data() -> None:
+    """Reading, checking and writing a policy file loads neither torch nor torch-pruning."""
+    code = (
+        "import sys\n"
+        "from autoprune.policy import Policy\n"
+        "p = Policy.from_yaml('model: {name: resnet20, num_classes: 10, input_shape: [1, 28, 28]}\\n'\n"
+        "                     'groups: {conv1: {rate: 0.3, criterion: fpgm}}\\n')\n"
+        "assert Policy.from_yaml(p.to_yaml()) == p and p.retrain.epochs == 1.0\n"
+        "p.validate_against(p.model, ['conv1'])\n"
+        "heavy = [m for m in ('torch', 'torch_pruning') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -18,7 +18,7 @@ from torch import nn
 from autoprune import models
 from autoprune.errors import UserError
 from autoprune.groups import build_graph, current_groups
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 
 CIFAR_MODELS = {"resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2"}
 

@@ -24,7 +24,7 @@ from autoprune import study as studies
 from autoprune.budget import base_macs_model, project_to_budget
 from autoprune.depth import drop_blocks
 from autoprune.macs import MacsModel, count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import Depth, GroupPolicy, Policy
 
 SPEC = ModelSpec("resnet20", 10, (3, 32, 32))

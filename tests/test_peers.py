@@ -19,7 +19,8 @@ from autoprune import study as studies
 from autoprune.config import SearchConfig
 from autoprune.data.splits import TensorSplit
 from autoprune.macs import count_macs_params
-from autoprune.train import Retrain, TrainConfig, evaluate, fit
+from autoprune.policy import Retrain
+from autoprune.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers

@@ -22,7 +22,7 @@ from autoprune import study as studies
 from autoprune.base import save_base
 from autoprune.cli import main
 from autoprune.config import SearchConfig
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import Depth, GroupPolicy, Policy
 
 SPEC = ModelSpec("resnet20", 10, (1, 28, 28))

@@ -21,7 +21,7 @@ from autoprune import criteria
 from autoprune.base import save_base
 from autoprune.errors import UserError
 from autoprune.groups import discover_groups
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import (
     SCHEMA,
@@ -30,9 +30,9 @@ from autoprune.policy import (
     Depth,
     GroupPolicy,
     Policy,
+    Retrain,
     Schedule,
 )
-from autoprune.train import Retrain
 
 RESNET20_MNIST = ModelSpec("resnet20", 10, (1, 28, 28))
 RESNET20_MNIST_YAML = "{name: resnet20, num_classes: 10, input_shape: [1, 28, 28]}"
@@ -335,8 +335,9 @@ def test_unknown_group_names_the_group_and_the_allowed_ones(resnet20_groups: lis
 
 def test_unknown_criterion_names_the_field_and_the_registry(resnet20_groups: list[str]) -> None:
     policy = policy_with({"conv1": GroupPolicy(0.2, "l3")})
+    policy.validate_against(RESNET20_MNIST, resnet20_groups)  # the data class knows no registry
     with pytest.raises(UserError) as info:
-        policy.validate_against(RESNET20_MNIST, resnet20_groups)
+        criteria.check_policy(policy)  # where the policy meets the registry
     message = str(info.value)
     assert "groups.conv1.criterion 'l3' is unknown" in message
     allowed = message.split("allowed: ")[1].split(", ")
@@ -488,5 +489,6 @@ def test_a_selection_rule_in_the_pool_is_rejected_against_the_model() -> None:
             "loss_aware": {"pool": ["auto", "l1"]},
         }
     )
+    policy.validate_against(spec)
     with pytest.raises(UserError, match="not scoring criteria"):
-        policy.validate_against(spec)
+        criteria.check_policy(policy)

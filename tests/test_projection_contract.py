@@ -33,7 +33,7 @@ from autoprune.budget import DEFAULT_TOLERANCE, check_reachable, project_to_budg
 from autoprune.errors import UserError
 from autoprune.groups import channels_to_remove
 from autoprune.macs import MacsModel, count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy, Schedule
 
 BUDGETS = (0.2, 0.35, 0.5, 0.8)

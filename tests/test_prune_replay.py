@@ -30,7 +30,7 @@ from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
 from autoprune.macs import count_macs_params
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.objective import ObjectiveConfig, evaluate_policy, prune_policy
 from autoprune.policy import Depth, GroupPolicy, Policy, Schedule
 

@@ -13,9 +13,8 @@ import pytest
 from autoprune import groups
 from autoprune.checkpoint import load_checkpoint, replay
 from autoprune.cli import main
-from autoprune.models import ModelSpec
-from autoprune.policy import BaseRef, GroupPolicy, Policy
-from autoprune.train import Retrain
+from autoprune.modelspec import ModelSpec
+from autoprune.policy import BaseRef, GroupPolicy, Policy, Retrain
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 

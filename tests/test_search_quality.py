@@ -134,7 +134,7 @@ def test_bad_screen_and_baselines_values_exit_2(
 
 
 def test_winner_is_the_best_point_at_the_budget() -> None:
-    from autoprune.models import ModelSpec
+    from autoprune.modelspec import ModelSpec
     from autoprune.study import FrontPoint, winner
 
     policy = Policy(model=ModelSpec("resnet20", 10, (1, 28, 28)), groups={})
@@ -376,7 +376,7 @@ def test_class_aware_baselines_fix_their_threshold() -> None:
 
 
 def _tiny_context():  # type: ignore[no-untyped-def]
-    from autoprune.models import ModelSpec
+    from autoprune.modelspec import ModelSpec
     from autoprune.space import SpaceContext
 
     names = ["conv1", "layer1.0.conv1"]

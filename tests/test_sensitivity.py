@@ -11,7 +11,7 @@ import pytest
 
 from autoprune.cli import main
 from autoprune.groups import build_graph, current_groups
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 
 SPEC = ModelSpec("resnet20", 10, (1, 28, 28))
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from autoprune.errors import UserError
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.space import SearchSpace, SpaceContext, spaces_dir
 
 FAST_SPACE = Path(__file__).parent / "data" / "fast_space.yaml"

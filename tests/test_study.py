@@ -15,7 +15,7 @@ from autoprune import study as studies
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import export_front
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 

@@ -27,7 +27,7 @@ from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.data import TensorSplit
 from autoprune.errors import UserError
-from autoprune.models import ModelSpec
+from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
 pytestmark = [

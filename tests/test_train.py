@@ -42,7 +42,8 @@ def test_the_penalty_has_gradients_that_decorrelate_filters() -> None:
 
 
 def test_warm_up_ramps_linearly_to_the_schedule_then_follows_it() -> None:
-    from autoprune.train import Retrain, learning_rate
+    from autoprune.policy import Retrain
+    from autoprune.train import learning_rate
 
     recipe = Retrain(lr=0.1, schedule="constant")
     ramp = [learning_rate(recipe, step, 100, warmup_steps=4) for step in range(6)]
@@ -72,7 +73,7 @@ def test_trial_fine_tunes_do_not_autotune_cudnn() -> None:
     from types import SimpleNamespace
 
     from autoprune.objective import ObjectiveConfig, _train_config
-    from autoprune.train import Retrain
+    from autoprune.policy import Retrain
 
     policy: Any = SimpleNamespace(retrain=Retrain())
     config = ObjectiveConfig(base_checkpoint="unused.pt", dataset="mnist5k")

@@ -105,11 +105,12 @@ def _set_threads(threads: int | None) -> None:
 
 @verb("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from autoprune import data, models
+    from autoprune import data
     from autoprune.cli.reports import groups_report, render
     from autoprune.cli.tables import groups_table
     from autoprune.groups import discover_groups
     from autoprune.macs import count_macs_params
+    from autoprune.modelspec import ModelSpec
 
     if args.image_size is not None and not args.dataset:
         raise UserError(
@@ -126,7 +127,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             shape, classes = splits.input_shape, splits.num_classes
         else:
             shape, classes = (args.in_channels, args.input_size, args.input_size), args.num_classes
-        spec = models.ModelSpec(args.model, classes, shape)
+        spec = ModelSpec(args.model, classes, shape)
         model = spec.build().eval()
     if args.blocks:
         return _inspect_blocks(args, model, spec)

@@ -21,8 +21,8 @@ A *selection rule* (``auto``, loss-aware selection) is a criterion that implemen
 
 This module is the registry and the :class:`Criterion` surface. The rest of the package:
 
-* :mod:`.context` — :class:`~.context.ScoringContext` (what a criterion reads while scoring;
-  when base-model scores come from the cache) and :class:`~.context.ScoringInputs`;
+* :mod:`.context` — :class:`~.context.ScoringContext`, the :class:`Context` a criterion is
+  given (and when base-model scores come from the cache), and :class:`~.context.ScoringInputs`;
 * :mod:`.calibration` — the seeded calibration image set;
 * :mod:`.cache` — the on-disk cache of base-model scores;
 * :mod:`.taps` — where a group's channels are observed in a forward pass;
@@ -34,17 +34,45 @@ This module is the registry and the :class:`Criterion` surface. The rest of the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
 from autoprune.errors import UserError
 
 if TYPE_CHECKING:
-    from autoprune.criteria.context import ScoringContext
+    from torch import nn
+
     from autoprune.groups import GroupView
+    from autoprune.policy import Policy
 
 DATA_KINDS = frozenset({"weights", "activations", "labels", "gradients"})
+
+
+class Context(Protocol):
+    """What a criterion may read while scoring (:class:`~.context.ScoringContext` is the one
+    the package passes; the registry names only this surface, so it imports no context)."""
+
+    model: nn.Module
+    policy: Policy  # the policy being applied (class thresholds, loss-aware pool, seed)
+    step: int  # 0 while scoring the unpruned base model
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def calibration_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def class_balanced_batches(
+        self, samples_per_class: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def scores(self, criterion_name: str, views: list[GroupView]) -> dict[str, torch.Tensor]: ...
 
 
 class Criterion:
@@ -58,19 +86,19 @@ class Criterion:
     def data_free(self) -> bool:
         return self.needs <= {"weights"}
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         """One score per channel of ``group``."""
         raise NotImplementedError(f"criterion {self.name} implements neither score nor score_all")
 
-    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: Context) -> dict[str, torch.Tensor]:
         """Scores for several groups; override to share one calibration pass between groups."""
         return {g.name: self.score(g, ctx) for g in groups}
 
-    def select(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, str]:
+    def select(self, groups: list[GroupView], ctx: Context) -> dict[str, str]:
         """Selection rules only: the name of the scoring criterion chosen for each group."""
         raise NotImplementedError(f"criterion {self.name} is not a selection rule")
 
-    def cache_tag(self, ctx: ScoringContext) -> str:
+    def cache_tag(self, ctx: Context) -> str:
         """Settings besides the calibration set that change this criterion's scores (cache key)."""
         return ""
 
@@ -111,6 +139,27 @@ def scoring_criteria() -> list[str]:
     """Registered criteria that produce scores (no selection rules)."""
     _load_builtins()
     return sorted(n for n, c in _REGISTRY.items() if not c.is_selection_rule)
+
+
+def check_policy(policy: Policy) -> None:
+    """Raise a :class:`UserError` when ``policy`` names a criterion this registry lacks.
+
+    Where a policy meets the registry (before it prunes), not inside the policy's data class:
+    a policy file is read without torch, and a criterion registered by a plug-in is known here.
+    """
+    known = set(available()) | {"auto"}
+    scoring = scoring_criteria()
+    bad_pool = [c for c in policy.loss_aware.pool if c not in scoring]
+    if bad_pool and any(g.criterion == "auto" for g in policy.groups.values()):
+        raise UserError(
+            f"policy loss_aware.pool names {', '.join(bad_pool)}, which are not scoring criteria; "
+            f"allowed: {', '.join(scoring)}"
+        )
+    for name, g in policy.groups.items():
+        if g.criterion not in known:
+            raise UserError(
+                f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
+            )
 
 
 def _load_builtins() -> None:

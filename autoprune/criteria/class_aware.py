@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autoprune.criteria import Criterion, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, register
 from autoprune.criteria.taps import ChannelTaps
 from autoprune.groups import GroupView
 from autoprune.modes import model_mode
@@ -44,18 +43,18 @@ class ClassAwareCount(Criterion):
     needs = frozenset({"weights", "activations", "labels", "gradients"})
     description = "number of classes each filter matters for (class-aware, Jiang et al. 2024)"
 
-    def cache_tag(self, ctx: ScoringContext) -> str:
+    def cache_tag(self, ctx: Context) -> str:
         return f"/per-class{self._samples_per_class(ctx)}/conv-out"
 
     @staticmethod
-    def _samples_per_class(ctx: ScoringContext) -> int:
+    def _samples_per_class(ctx: Context) -> int:
         section = getattr(ctx.policy, "class_aware", None)
         return int(getattr(section, "samples_per_class", 10))
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: Context) -> dict[str, torch.Tensor]:
         batches = ctx.class_balanced_batches(self._samples_per_class(ctx))
         total: dict[int, torch.Tensor] = {}  # tap -> sum over finished classes of shares
         current: dict[int, torch.Tensor] = {}  # tap -> counts of the class being processed

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from autoprune.criteria import Criterion, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, register
 from autoprune.criteria.taps import ChannelTaps
 from autoprune.groups import GroupView
 from autoprune.modes import model_mode
@@ -43,10 +42,10 @@ class NuclearNormEnergy(Criterion):
     needs = frozenset({"weights", "activations"})
     description = "nuclear-norm energy of each channel's feature maps (Yeom et al. 2021)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: Context) -> dict[str, torch.Tensor]:
         batches = ctx.calibration_batches()
         sums: dict[int, torch.Tensor] = {}
         seen = 0

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.criteria import Criterion, get, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, get, register
 from autoprune.groups import GroupView, channels_to_remove, removal_schedule
 from autoprune.modes import model_mode
 
@@ -54,7 +53,7 @@ class LossAwareSelection(Criterion):
         section = getattr(policy, "loss_aware", None)
         return int(getattr(section, "images", None) or DEFAULT_IMAGES)
 
-    def select(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, str]:
+    def select(self, groups: list[GroupView], ctx: Context) -> dict[str, str]:
         pool = self.pool_for(ctx.policy)
         bad = [c for c in pool if get(c).is_selection_rule]
         if bad:

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from autoprune.criteria import Criterion, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, register
 from autoprune.criteria.filters import scatter_to_root, weight_matrix
 from autoprune.groups import BATCH_NORMS, GroupMember, GroupView
 from autoprune.modes import model_mode
@@ -39,7 +38,7 @@ class L1Norm(Criterion):
     needs = frozenset({"weights"})
     description = "L1 norm of each output filter (summed over coupled layers)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         return _sum_over_out_layers(group, lambda m: weight_matrix(m).abs().sum(1))
 
 
@@ -50,7 +49,7 @@ class L2Norm(Criterion):
     needs = frozenset({"weights"})
     description = "L2 norm of each output filter (summed over coupled layers)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         return _sum_over_out_layers(group, lambda m: weight_matrix(m).norm(dim=1))
 
 
@@ -66,7 +65,7 @@ class LayerAdaptiveMagnitude(Criterion):
     needs = frozenset({"weights"})
     description = "layer-adaptive magnitude (LAMP): squared norm over the larger filters' total"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         squared = _sum_over_out_layers(
             group, lambda m: weight_matrix(m).double().pow(2).sum(1)
         ).double()
@@ -89,7 +88,7 @@ class BatchNormScale(Criterion):
     needs = frozenset({"weights"})
     description = "absolute BatchNorm scale (gamma) of each channel"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         total = torch.zeros(group.channels)
         bns = [m for m in group.members if isinstance(m.module, BATCH_NORMS) and m.module.affine]
         if not bns:
@@ -108,7 +107,7 @@ class Taylor(Criterion):
     needs = frozenset({"weights", "labels", "gradients"})
     description = "first-order Taylor |w * grad| on calibration data (one backward pass)"
 
-    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: Context) -> dict[str, torch.Tensor]:
         batches = ctx.calibration_batches()
         images_total = sum(len(y) for _, y in batches)
 
@@ -142,7 +141,7 @@ class RandomScore(Criterion):
     needs = frozenset({"weights"})
     description = "random scores (seeded baseline)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         digest = hashlib.sha256(f"{ctx.seed}/{group.name}/{ctx.step}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
         return torch.rand(group.channels, generator=generator)

@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from autoprune.criteria import Criterion, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, register
 from autoprune.criteria.taps import ACTIVATIONS, ChannelTaps
 from autoprune.groups import BATCH_NORMS, GroupView
 from autoprune.modes import model_mode
@@ -156,10 +155,10 @@ class FeatureRelevance(Criterion):
     needs = frozenset({"weights", "activations", "labels", "gradients"})
     description = "feature relevance by LRP alpha2-beta1 from the true class (Aketi et al. 2020)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         return self.score_all([group], ctx)[group.name]
 
-    def score_all(self, groups: list[GroupView], ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def score_all(self, groups: list[GroupView], ctx: Context) -> dict[str, torch.Tensor]:
         per_class, counts, losses, taps = channel_relevance(groups, ctx)
         weights = class_weights(losses, counts)
         mean = {t: r / counts.clamp(min=1).unsqueeze(1) for t, r in per_class.items()}
@@ -169,7 +168,7 @@ class FeatureRelevance(Criterion):
 
 
 def channel_relevance(
-    groups: list[GroupView], ctx: ScoringContext, *, canonize: bool = True
+    groups: list[GroupView], ctx: Context, *, canonize: bool = True
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor, ChannelTaps]:
     """One LRP pass over the calibration set.
 

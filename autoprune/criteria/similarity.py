@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autoprune.criteria import Criterion, register
-from autoprune.criteria.context import ScoringContext
+from autoprune.criteria import Context, Criterion, register
 from autoprune.criteria.filters import weight_matrix
 from autoprune.groups import GroupView
 
@@ -40,7 +39,7 @@ class GeometricMedian(Criterion):
     needs = frozenset({"weights"})
     description = "distance to the other filters (geometric median, FPGM)"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         w = _coupled_filters(group).double()
         return torch.cdist(w, w).sum(1).float()
 
@@ -52,6 +51,6 @@ class CosineRedundancy(Criterion):
     needs = frozenset({"weights"})
     description = "sum of (1 - cosine similarity) to the other filters"
 
-    def score(self, group: GroupView, ctx: ScoringContext) -> torch.Tensor:
+    def score(self, group: GroupView, ctx: Context) -> torch.Tensor:
         w = F.normalize(_coupled_filters(group).double(), dim=1)
         return (1.0 - w @ w.t()).sum(1).float()
