@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (see README):
 #   make demo   set up, then run the main job on the embedded default (ResNet-20 on MNIST-5k)
 #   make test   set up, then lint, type-check and run the whole test suite (what CI runs)
+#   make test-fast  the tests not marked slow, for the edit loop; make docs  docs/cli.md
 #
 # The virtualenv lives outside the clone, keyed by a hash of the dependency lists and pins, so
 # repeated runs and fresh clones reuse it instead of reinstalling ~5 GB of torch.
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS := 1
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: setup demo test lint typecheck pytest benchmark clean
+.PHONY: setup demo test test-fast lint typecheck pytest docs benchmark clean
 
 # No file prerequisites: the path itself changes when the dependencies do, and a fresh
 # clone's newer timestamps must not trigger a reinstall.
@@ -41,6 +42,14 @@ pytest: setup
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The edit loop: the tests not marked slow (real searches, Ray, PostgreSQL, installs).
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+# docs/cli.md is generated from the parser; tests/test_docs.py fails when it is stale.
+docs: setup
+	$(BIN)/python -m autoprune.cli.docs > docs/cli.md
 
 # autoprune's searched winner against hand-written policies, Torch-Pruning and ModelOpt FastNAS on
 # Fashion-MNIST (docs/benchmarks.md). PROFILE=cpu: about an hour on 2 cores (plus ~15 minutes to
