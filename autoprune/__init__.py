@@ -30,8 +30,8 @@ How a trial flows through the modules::
     project    rates scaled onto the MACs target               (budget.py, macs.py)
     prune      criteria score channels, surgery removes them   (criteria/, prune.py, groups.py, depth.py)
     fine-tune  the policy's retrain recipe                      (train.py)
-    evaluate   val accuracy and MACs: objective.evaluate_policy (objective.py)
-    report     worker -> driver -> study                        (executors/, study.py)
+    evaluate   val accuracy and MACs: evaluate.evaluate_policy  (evaluate.py)
+    report     worker -> driver -> study                        (executors/, records.py, study/)
     export     feasible front -> policy files                   (export.py)
     replay     policy -> pruned checkpoint -> model             (checkpoint.py)
 """
@@ -49,8 +49,8 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "SearchConfig": ("autoprune.config", "SearchConfig"),
     "replay": ("autoprune.checkpoint", "replay"),
     "load_checkpoint": ("autoprune.checkpoint", "load_checkpoint"),
-    "evaluate_policy": ("autoprune.objective", "evaluate_policy"),
-    "ObjectiveConfig": ("autoprune.objective", "ObjectiveConfig"),
+    "evaluate_policy": ("autoprune.evaluate", "evaluate_policy"),
+    "ObjectiveConfig": ("autoprune.evaluate", "ObjectiveConfig"),
     "Policy": ("autoprune.policy", "Policy"),
     "SearchSpace": ("autoprune.space", "SearchSpace"),
     "UserError": ("autoprune.errors", "UserError"),
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from autoprune.checkpoint import load_checkpoint, replay
     from autoprune.config import SearchConfig
     from autoprune.errors import UserError
-    from autoprune.objective import ObjectiveConfig, evaluate_policy
+    from autoprune.evaluate import ObjectiveConfig, evaluate_policy
     from autoprune.policy import Policy
     from autoprune.runner import search
     from autoprune.space import SearchSpace

@@ -5,7 +5,7 @@ data-driven criterion, global ranking, the sensitivity allocation), all at the b
 space's middle fine-tune lr. A new study enqueues them before any sampled trial, so the sampler
 starts from them and, once they have run, the front is never worse than them; a resumed study
 enqueues those it lacks (``autoprune baselines NAME`` runs them at once). Each carries its name
-in the user attr :data:`~autoprune.study.BASELINE_ATTR`.
+in its :class:`~autoprune.records.TrialRecord`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from autoprune import study as studies
+from autoprune.records import TrialRecord
 from autoprune.space import SearchSpace, SpaceContext
 
 
@@ -25,7 +25,7 @@ def enqueue_baselines(study: Any, space: SearchSpace, ctx: SpaceContext, which: 
     failed is enqueued again. Returns the names enqueued now.
     """
     held = {
-        t.user_attrs.get(studies.BASELINE_ATTR)
+        TrialRecord.from_trial(t).baseline
         for t in study.get_trials(
             deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
         )
@@ -34,6 +34,6 @@ def enqueue_baselines(study: Any, space: SearchSpace, ctx: SpaceContext, which: 
     for name, params in space.baselines(ctx, which):
         if name in held:
             continue
-        study.enqueue_trial(params, user_attrs={studies.BASELINE_ATTR: name})
+        study.enqueue_trial(params, user_attrs=TrialRecord(baseline=name).to_attrs())
         added.append(name)
     return added

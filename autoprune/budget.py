@@ -31,9 +31,9 @@ from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
 from autoprune.groups import channels_to_remove
 from autoprune.macs import MacsModel, count_macs_params
-from autoprune.policy import GroupPolicy, Policy
+from autoprune.policy import DEFAULT_MAX_RATE, TARGET_TOLERANCE, GroupPolicy, Policy
 
-DEFAULT_TOLERANCE = 0.01  # |achieved - target| MACs ratio
+DEFAULT_TOLERANCE = TARGET_TOLERANCE  # |achieved - target| MACs ratio
 # Projection aims this far under the target so the counted MACs never exceed a budget that
 # equals the target (the analytic count and torch-pruning's agree to ~1e-4).
 SAFETY_MARGIN = 0.001
@@ -53,7 +53,7 @@ def project_to_budget(
     example_inputs: torch.Tensor | None = None,
     *,
     base_macs: float | None = None,
-    max_rate: float | dict[str, float] = 0.9,
+    max_rate: float | dict[str, float] = DEFAULT_MAX_RATE,
     macs_model: MacsModel | None = None,
 ) -> Policy:
     """Scale the policy's rates so the pruned model's MACs ratio lands on its target.
@@ -112,7 +112,12 @@ def project_to_budget(
                 min(
                     c - 1,
                     int(
-                        (max_rate.get(n, 0.9) if isinstance(max_rate, dict) else max_rate) * c
+                        (
+                            max_rate.get(n, DEFAULT_MAX_RATE)
+                            if isinstance(max_rate, dict)
+                            else max_rate
+                        )
+                        * c
                         + 1e-9
                     ),
                 ),

@@ -23,9 +23,9 @@ from torch import nn
 
 from autoprune.base import is_state_dict, load_base, state_dict_sha256
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, base_macs_params, finetune, prune_policy
 from autoprune.files import read_torch_file, save_torch
 from autoprune.modelspec import ModelSpec
-from autoprune.objective import ObjectiveConfig, base_macs_params, finetune, prune_policy
 from autoprune.policy import Policy
 from autoprune.prune import replay_history
 from autoprune.train import evaluate
@@ -147,7 +147,7 @@ def replay(
 ) -> ReplayResult:
     """Apply ``policy`` to its base checkpoint, fine-tune, report test accuracy, save a checkpoint.
 
-    The same code path as a search trial (:func:`autoprune.objective.prune_policy`); only the
+    The same code path as a search trial (:func:`autoprune.evaluate.prune_policy`); only the
     fine-tune is longer (default: the policy's retrain budget x 10) and the test split is
     evaluated as well. Beside the checkpoint goes a ``torch.export`` program (``.pt2``,
     :func:`autoprune.program.export_program`) unless ``export_program_file`` is off; a model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from autoprune.errors import UserError
 from autoprune.sampler import SAMPLERS
@@ -19,6 +19,19 @@ OBJECTIVES = {
     "both": ["val_accuracy", "macs_ratio", "latency_ratio"],
 }
 LATENCY_RUNTIMES = ("torch", "onnxruntime")
+Direction = Literal["maximize", "minimize"]
+
+
+def directions_for(objective: str) -> list[Direction]:
+    """Optuna's directions of an objective's metrics: maximize val accuracy, minimize every
+    ratio it is traded against."""
+    minimize: list[Direction] = ["minimize"]
+    return ["maximize", *minimize * (len(OBJECTIVES[objective]) - 1)]
+
+
+def front_metric_of(objective: str) -> str:
+    """The ratio an objective's budget bounds, its front is ordered by and its winner picked by."""
+    return "latency_ratio" if objective == "latency" else "macs_ratio"
 
 
 @dataclass
@@ -91,9 +104,12 @@ class SearchConfig:
             out["latency_ratio"] = self.budget_latency
         return out
 
+    def directions(self) -> list[Direction]:
+        return directions_for(self.objective)
+
     def front_metric(self) -> str:
         """The ratio the front is drawn and the winner picked by (what the budget bounds)."""
-        return "latency_ratio" if self.objective == "latency" else "macs_ratio"
+        return front_metric_of(self.objective)
 
     def target(self) -> float:
         """The MACs ratio candidates at the budget are projected onto."""

@@ -21,9 +21,8 @@ from optuna.trial import FrozenTrial
 
 from autoprune.files import write_text
 from autoprune.plots import plot_study
-from autoprune.policy import Policy
+from autoprune.records import TrialRecord
 from autoprune.study import (
-    BASELINE_ATTR,
     baseline_trials,
     front_metric,
     pareto_front,
@@ -66,9 +65,12 @@ def export_front(
         written.append(path)
     baselines = []
     for t in baseline_trials(study):
-        name = str(t.user_attrs[BASELINE_ATTR])
-        path = out_dir / policy_file_name(t, name)
-        Policy.from_dict(t.user_attrs["policy"], source=f"trial {t.number}").save(path)
+        record = TrialRecord.from_trial(t)
+        policy = record.applied_policy(t.number)
+        if policy is None:  # a baseline trial always stores one; a foreign trial may not
+            continue
+        path = out_dir / policy_file_name(t, str(record.baseline))
+        policy.save(path)
         written.append(path)
         baselines.append({"file": path.name, "trial": t.number, **_metrics(t)})
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}

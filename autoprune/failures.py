@@ -4,7 +4,7 @@ A failed trial is told FAIL with user attrs ``error`` (the reason, one line a pe
 ``error_kind`` (one of :data:`KINDS`, for scripts and ``autoprune show``) and, when the cause is
 a bug, ``traceback`` (its last frames). The kind is decided where the failure is caught:
 
-* in the worker, around each candidate of a bracket (:func:`autoprune.objective.evaluate_bracket`
+* in the worker, around each candidate of a bracket (:func:`autoprune.evaluate.evaluate_bracket`
   calls :func:`classify`), so one candidate's failure costs only that candidate;
 * on the driver, for what a worker cannot report: its process died (``worker_died``), the
   driver itself died (``driver_died``, found by the next run), or the report's metrics are not
@@ -20,10 +20,7 @@ from typing import Any
 import torch
 
 from autoprune.errors import UserError
-
-ERROR_ATTR = "error"
-KIND_ATTR = "error_kind"
-TRACEBACK_ATTR = "traceback"
+from autoprune.records import TrialRecord
 
 KINDS = (
     "user",  # the user's settings make the trial impossible (e.g. an unreachable target)
@@ -52,12 +49,13 @@ class Failure:
     message: str  # one line: what went wrong, and the fix when there is one
     traceback: str | None = None
 
+    def record(self) -> TrialRecord:
+        """What a FAIL trial carries of it."""
+        return TrialRecord(error=self.message, error_kind=self.kind, traceback=self.traceback)
+
     def attrs(self) -> dict[str, str]:
-        """The user attrs a FAIL trial carries."""
-        out = {ERROR_ATTR: self.message, KIND_ATTR: self.kind}
-        if self.traceback:
-            out[TRACEBACK_ATTR] = self.traceback
-        return out
+        """The user attrs a FAIL trial carries (and a worker's failure report)."""
+        return self.record().to_attrs()
 
     def report(self) -> dict[str, Any]:
         """A worker's report for the failed candidate.
@@ -73,12 +71,18 @@ class Failure:
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> Failure:
-        """The failure a worker reported (``report["error"]`` is set)."""
+        """The failure a worker reported (:meth:`is_in` the report)."""
+        record = TrialRecord.from_attrs(report)
         return cls(
-            kind=str(report.get(KIND_ATTR) or "exception"),
-            message=str(report[ERROR_ATTR]),
-            traceback=report.get(TRACEBACK_ATTR),
+            kind=str(record.error_kind or "exception"),
+            message=str(record.error),
+            traceback=record.traceback,
         )
+
+    @staticmethod
+    def is_in(report: dict[str, Any]) -> bool:
+        """Whether a worker's report is a failure's."""
+        return TrialRecord.from_attrs(report).error is not None
 
 
 def classify(exc: BaseException, phase: str) -> Failure:

@@ -34,6 +34,11 @@ def studies_dir() -> Path:
     return Path(os.environ.get("AUTOPRUNE_HOME", "studies"))
 
 
+def score_cache_dir() -> Path:
+    """The base-model channel scores' cache on this machine (under :func:`studies_dir`)."""
+    return studies_dir() / "cache" / "scores"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, rename it onto ``path``.

@@ -30,6 +30,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune import study as studies
+from autoprune.records import TrialRecord
 
 
 def _at_budget(study: Any, trial: FrozenTrial) -> bool:
@@ -53,8 +54,9 @@ def owed(study: Any, rungs: int, eta: int) -> list[tuple[FrozenTrial, int]]:
     trials = study.get_trials(deepcopy=False)
     children: dict[int, list[FrozenTrial]] = {}
     for t in trials:
-        if studies.PARENT_ATTR in t.user_attrs:
-            children.setdefault(int(t.user_attrs[studies.PARENT_ATTR]), []).append(t)
+        parent = TrialRecord.from_trial(t).promoted_from
+        if parent is not None:
+            children.setdefault(int(parent), []).append(t)
     done = [t for t in trials if t.state is TrialState.COMPLETE]
     for rung in range(1, rungs):
         pool = [t for t in done if studies.rung_of(t) == rung - 1 and _at_budget(study, t)]
@@ -75,10 +77,9 @@ def owed(study: Any, rungs: int, eta: int) -> list[tuple[FrozenTrial, int]]:
 def enqueue(study: Any, promotions: list[tuple[FrozenTrial, int]]) -> None:
     """Queue each promotion: the parent's params, its rung and parent (and baseline name)."""
     for parent, rung in promotions:
-        attrs: dict[str, Any] = {studies.RUNG_ATTR: rung, studies.PARENT_ATTR: parent.number}
-        if parent.user_attrs.get(studies.BASELINE_ATTR):
-            attrs[studies.BASELINE_ATTR] = parent.user_attrs[studies.BASELINE_ATTR]
-        study.enqueue_trial(dict(parent.params), user_attrs=attrs)
+        baseline = TrialRecord.from_trial(parent).baseline or None
+        child = TrialRecord(rung=rung, promoted_from=parent.number, baseline=baseline)
+        study.enqueue_trial(dict(parent.params), user_attrs=child.to_attrs())
 
 
 def waiting(study: Any) -> list[FrozenTrial]:
@@ -86,5 +87,5 @@ def waiting(study: Any) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if studies.RUNG_ATTR in t.user_attrs
+        if TrialRecord.from_trial(t).rung is not None
     ]

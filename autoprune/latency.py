@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-
-Log = Callable[[str], Any]
+from autoprune.logs import Log
 
 RUNTIMES = ("torch", "onnxruntime")
 # MACs ratios of the uniform prunings a latency search calibrates its MACs target on.

@@ -1,7 +1,7 @@
 """Exporting a model to ONNX: what ``autoprune onnx`` checks and ``--latency-runtime
 onnxruntime`` times.
 
-Its own module, below :mod:`autoprune.objective`, so trials can export without importing the
+Its own module, below :mod:`autoprune.evaluate`, so trials can export without importing the
 deployment check (which loads checkpoints, and so the objective itself).
 """
 

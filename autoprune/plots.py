@@ -38,13 +38,13 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.errors import UserError
 from autoprune.files import atomic_write, read_torch_file
 from autoprune.policy import Policy
+from autoprune.records import TrialRecord
 from autoprune.study import (
-    BASELINE_ATTR,
-    CONFIG_ATTR,
-    PARENT_ATTR,
     front_metric,
+    has_config,
     pareto_front,
     rung_of,
+    search_config,
     study_budget,
     trial_metric,
 )
@@ -179,7 +179,7 @@ def collect(study: optuna.Study, log: Callable[[str], None] = _stderr) -> FrontP
         else:
             kind = "feasible"
         accuracy = trial_metric(t, "val_accuracy") if kind != "screened" else None
-        baseline = t.user_attrs.get(BASELINE_ATTR)
+        baseline = TrialRecord.from_trial(t).baseline
         plot.trials.append(
             PlottedTrial(
                 t.number,
@@ -201,31 +201,32 @@ def collect(study: optuna.Study, log: Callable[[str], None] = _stderr) -> FrontP
 
 
 def _hover(t: FrozenTrial, kind: str) -> str:
-    baseline = t.user_attrs.get(BASELINE_ATTR)
+    record = TrialRecord.from_trial(t)
+    baseline = record.baseline
     lines = [f"trial {t.number} ({f'baseline {baseline}' if baseline else 'searched'})"]
     if kind == "screened":
         lines.append("screened out by the adaptive-BN proxy: not fine-tuned")
     else:
         lines.append(f"val acc {t.values[0]:.4f}")
-    if rung_of(t):
+    if record.level:
         lines.append(
-            f"ladder rung {rung_of(t)}: trial {t.user_attrs.get(PARENT_ATTR)} promoted to a "
+            f"ladder rung {record.level}: trial {record.promoted_from} promoted to a "
             "longer fine-tune"
         )
-    proxy = t.user_attrs.get("proxy_accuracy")
-    if isinstance(proxy, (int, float)):
+    proxy = record.metric("proxy_accuracy")
+    if proxy is not None:
         lines.append(f"proxy acc {proxy:.4f}")
     for name in ("macs_ratio", "latency_ratio", "params_ratio"):
         value = trial_metric(t, name)
         if value is None:
             continue
         text = f"{name.replace('_', ' ').replace('macs', 'MACs')} {value:.4f}"
-        latency_ms = t.user_attrs.get("latency_ms")
-        if name == "latency_ratio" and isinstance(latency_ms, (int, float)):
+        latency_ms = record.metric("latency_ms")
+        if name == "latency_ratio" and latency_ms is not None:
             text += f" ({latency_ms:.3g} ms)"
         lines.append(text)
-    if "policy" in t.user_attrs:
-        policy = Policy.from_dict(t.user_attrs["policy"], source=f"trial {t.number}")
+    policy = record.applied_policy(t.number)
+    if policy is not None:
         lines.append(f"criteria {criteria_text(criteria_counts(policy))}")
         if policy.depth.drop_blocks:
             lines.append(f"blocks dropped: {', '.join(policy.depth.drop_blocks)}")
@@ -238,8 +239,7 @@ def _hover(t: FrozenTrial, kind: str) -> str:
 
 def _base_accuracy(study: optuna.Study, log: Callable[[str], None]) -> float | None:
     """The val accuracy stored in the study's base checkpoint (None, said on ``log``, if unreadable)."""
-    config = study.user_attrs.get(CONFIG_ATTR)
-    path = config.get("base_checkpoint") if isinstance(config, dict) else None
+    path = search_config(study).base_checkpoint if has_config(study) else None
     if not path:
         log(
             f"study '{study.study_name}' names no base checkpoint: plotted without the base model's point"

@@ -35,6 +35,11 @@ from autoprune.files import parse_yaml, read_text_file, write_text
 from autoprune.modelspec import ModelSpec
 
 SCHEMA = "autoprune.policy/1"
+# Cap on any group's pruning rate during projection, unless a policy or space sets its own.
+DEFAULT_MAX_RATE = 0.9
+# A policy lands within this much under its target_macs_ratio (the projection's tolerance);
+# a trial that does is "at the budget".
+TARGET_TOLERANCE = 0.01
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 REGULARIZERS = ("none", "orthogonal")

@@ -3,14 +3,13 @@
 Everything here runs once per search, on the driver, before the first trial: the base model
 is resolved (given, or the cached embedded default, trained on first use), traced into the
 search space's context (groups, stages, the blocks depth pruning may drop, lowest PLS-VIP
-score first, the rate priors of :mod:`autoprune.priors`), and turned into the :class:`~autoprune.objective.ObjectiveConfig` every trial
+score first, the rate priors of :mod:`autoprune.priors`), and turned into the :class:`~autoprune.evaluate.ObjectiveConfig` every trial
 evaluates with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
@@ -33,16 +32,15 @@ from autoprune.budget import (
 from autoprune.config import SearchConfig
 from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
-from autoprune.files import studies_dir
+from autoprune.evaluate import ObjectiveConfig, load_splits, prune_policy
+from autoprune.files import score_cache_dir
 from autoprune.groups import build_graph, current_groups
 from autoprune.latency import LatencySettings, calibrate
-from autoprune.objective import ObjectiveConfig, load_splits, prune_policy
+from autoprune.logs import Log
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.priors import compute_priors
 from autoprune.space import SearchSpace, SpaceContext, build_context
 from autoprune.train import select_device
-
-Log = Callable[[str], Any]
 
 
 def resolve_base(config: SearchConfig, log: Log) -> BaseCheckpoint:
@@ -164,7 +162,7 @@ def objective_config(config: SearchConfig, space: SearchSpace) -> ObjectiveConfi
         threads=max(1, int(config.cpus_per_trial)),
         max_rate=space.max_rate,
         calibration_images=config.calibration_images,
-        score_cache=str((studies_dir() / "cache" / "scores").resolve()),
+        score_cache=str(score_cache_dir().resolve()),
         latency=latency_settings(config) if config.measures_latency() else None,
     )
 

@@ -22,23 +22,22 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from autoprune import criteria
 from autoprune.criteria.context import ScoringContext
-from autoprune.files import write_text
-from autoprune.groups import build_graph, current_views
-from autoprune.macs import MacsModel
-from autoprune.objective import (
+from autoprune.evaluate import (
     ObjectiveConfig,
     adaptive_bn_proxy,
     load_inputs,
     prune_policy,
 )
+from autoprune.files import write_text
+from autoprune.groups import build_graph, current_views
+from autoprune.logs import Log
+from autoprune.macs import MacsModel
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.space import PRIORS
 
@@ -46,8 +45,6 @@ SENSITIVITY_RATES = (0.4, 0.8)  # each group alone is pruned at these rates (cap
 SENSITIVITY_CRITERION = "l1"  # which channels go while a group's sensitivity is measured
 GLOBAL_CRITERION = "l1"  # the score global ranking normalises per group
 ALLOCATION_STEP = 0.05  # the greedy allocation moves one group by this rate at a time
-
-Log = Callable[[str], Any]
 
 
 def uniform_rates(groups: list[str], rate: float = 0.5) -> dict[str, float]:

@@ -34,7 +34,7 @@ from autoprune.groups import (
     view_of,
 )
 from autoprune.macs import MacsModel, count_macs_params
-from autoprune.policy import GroupPolicy, Policy
+from autoprune.policy import DEFAULT_MAX_RATE, GroupPolicy, Policy
 
 
 @dataclass
@@ -202,7 +202,9 @@ def apply(
                 gone,
                 orders,
                 ctx.counters,
-                policy.scoring.max_rate if policy.scoring.max_rate is not None else 0.9,
+                policy.scoring.max_rate
+                if policy.scoring.max_rate is not None
+                else DEFAULT_MAX_RATE,
                 multiple,
             )
         elif last and any(below[n] < counts[n] for n in below):

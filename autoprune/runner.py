@@ -8,7 +8,6 @@ exports the feasible front (:mod:`autoprune.export`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ from autoprune.config import SearchConfig
 from autoprune.data import canonical_name
 from autoprune.errors import UserError
 from autoprune.export import export_front
+from autoprune.logs import Log
 from autoprune.progress import Progress
 from autoprune.sampler import make_sampler
 from autoprune.space import SearchSpace
 from autoprune.storage import raise_if_lost
-
-Log = Callable[[str], Any]
 
 
 @dataclass

@@ -39,15 +39,15 @@ from autoprune.base import BaseCheckpoint, is_state_dict, load_base
 from autoprune.criteria.cache import ScoreCache
 from autoprune.criteria.context import ScoringContext
 from autoprune.errors import UserError
-from autoprune.files import read_torch_bytes
-from autoprune.groups import build_graph, current_views
-from autoprune.objective import (
+from autoprune.evaluate import (
     ObjectiveConfig,
     install_base,
     load_inputs,
     scoring_inputs,
     scoring_settings,
 )
+from autoprune.files import read_torch_bytes
+from autoprune.groups import build_graph, current_views
 from autoprune.policy import Policy
 from autoprune.train import select_device
 

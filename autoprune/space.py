@@ -51,6 +51,7 @@ from autoprune.files import parse_yaml, read_text_file
 from autoprune.groups import build_graph, current_groups
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import (
+    DEFAULT_MAX_RATE,
     REGULARIZERS,
     BaseRef,
     ClassAware,
@@ -94,7 +95,7 @@ class SearchSpace:
     name: str
     granularity: str = "group"
     rate: Range = field(default_factory=lambda: Range(0.0, 0.8))
-    max_rate: float = 0.9
+    max_rate: float = DEFAULT_MAX_RATE
     criteria: list[str] = field(default_factory=lambda: ["l1"])
     criterion_per: str = "group"
     target_low: float = 0.3

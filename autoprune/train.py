@@ -18,7 +18,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,10 +30,8 @@ from torch.utils.data import Dataset
 from autoprune.data import Loader, batches
 from autoprune.errors import UserError
 from autoprune.groups import BATCH_NORMS
+from autoprune.logs import Log
 from autoprune.policy import Distill, Retrain
-
-Log = Callable[[str], None]
-
 
 # Autocast precision of the fine-tune; "auto": bf16 (or fp16 before Ampere) on CUDA, fp32 else.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

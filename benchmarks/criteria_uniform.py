@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune import criteria
     from autoprune.base import ensure_default_base, load_base
+    from autoprune.evaluate import ObjectiveConfig, evaluate_policy
     from autoprune.groups import discover_groups
-    from autoprune.objective import ObjectiveConfig, evaluate_policy
     from autoprune.policy import GroupPolicy, Policy, Retrain
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

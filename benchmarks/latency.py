@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune import data
     from autoprune.base import ensure_default_base, load_base, save_base
+    from autoprune.evaluate import ObjectiveConfig, prune_policy
     from autoprune.groups import build_graph, current_groups
     from autoprune.latency import LatencySettings, describe, measure
     from autoprune.macs import count_macs_params
     from autoprune.modelspec import ModelSpec
-    from autoprune.objective import ObjectiveConfig, prune_policy
     from autoprune.policy import GroupPolicy, Policy
     from autoprune.train import select_device
 

@@ -43,18 +43,20 @@ def brackets(study: Any) -> list[dict[str, float]]:
     from optuna.trial import TrialState
 
     from autoprune import study as studies
+    from autoprune.records import TrialRecord
 
     rows: dict[int, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        row = rows.setdefault(int(t.user_attrs.get("bracket", t.number)), {"trials": []})
+        row = rows.setdefault(int(TrialRecord.from_trial(t).bracket or t.number), {"trials": []})
         row["trials"].append(t)
         for phase in studies.PHASES:
             row[phase] = row.get(phase, 0.0) + float(
-                (t.user_attrs.get("timings") or {}).get(phase, 0.0)
+                (TrialRecord.from_trial(t).timings or {}).get(phase, 0.0)
             )
-        if "wall" in t.user_attrs:
-            row["wall"] = float(t.user_attrs["wall"])
-            row["overhead"] = float(t.user_attrs.get("overhead", 0.0))
+        record = TrialRecord.from_trial(t)
+        if record.wall is not None:
+            row["wall"] = float(record.wall)
+            row["overhead"] = float(record.overhead or 0.0)
     out = []
     for row in rows.values():
         if row.get("wall", 0.0) <= 0:

@@ -125,13 +125,14 @@ def rung0_winner(study: Any, budget: float) -> Any:
     """The searched trial a search without its ladder would have picked: the best rung-0 figure
     at the budget (None when there is none)."""
     from autoprune import study as studies
+    from autoprune.records import TrialRecord
 
     metric = studies.front_metric(study)
     rows = [
         t
         for t in studies.completed_trials(study)
         if studies.rung_of(t) == 0
-        and not t.user_attrs.get(studies.BASELINE_ATTR)
+        and not TrialRecord.from_trial(t).is_baseline
         and (ratio := studies.trial_metric(t, metric)) is not None
         and studies.at_budget(ratio, budget, metric)
     ]
@@ -152,21 +153,21 @@ def _ladder_wall(study: Any) -> float:
 
 def _root(study: Any, trial: Any) -> int:
     """The rung-0 trial a (promoted) trial's policy first ran as."""
-    from autoprune import study as studies
+    from autoprune.records import TrialRecord
 
-    while (parent := trial.user_attrs.get(studies.PARENT_ATTR)) is not None:
+    while (parent := TrialRecord.from_trial(trial).promoted_from) is not None:
         trial = study.trials[int(parent)]
     return int(trial.number)
 
 
 def _lineage(study: Any, trial: Any) -> float:
     """Fine-tune epochs a trial and the rungs below it (its parents) spent."""
-    from autoprune import study as studies
+    from autoprune.records import TrialRecord
 
     total = 0.0
     while trial is not None:
         total += _epochs(trial)
-        parent = trial.user_attrs.get(studies.PARENT_ATTR)
+        parent = TrialRecord.from_trial(trial).promoted_from
         trial = study.trials[int(parent)] if parent is not None else None
     return total
 
@@ -180,9 +181,11 @@ def _trial_wall(trial: Any) -> float:
 
 
 def _epochs(trial: Any) -> float:
+    from autoprune.records import TrialRecord
+
     if trial is None:
         return 0.0
-    return float(trial.user_attrs.get("policy", {}).get("retrain", {}).get("epochs", 0.0))
+    return float((TrialRecord.from_trial(trial).policy or {}).get("retrain", {}).get("epochs", 0.0))
 
 
 def run_setting(
@@ -196,8 +199,9 @@ def run_setting(
     from autoprune.base import load_base
     from autoprune.checkpoint import replay
     from autoprune.config import SearchConfig
-    from autoprune.objective import load_splits
+    from autoprune.evaluate import load_splits
     from autoprune.policy import Policy
+    from autoprune.records import TrialRecord
     from autoprune.runner import search
     from autoprune.train import TrainConfig, evaluate, finetune_pruned, select_device
 
@@ -260,7 +264,9 @@ def run_setting(
         search_wall = time.perf_counter() - t0
         study = studies.load_study(studies.open_storage(storage), name)
         complete = studies.completed_trials(study)
-        picks = [(t.user_attrs[studies.BASELINE_ATTR], t) for t in studies.baseline_trials(study)]
+        picks = [
+            (str(TrialRecord.from_trial(t).baseline), t) for t in studies.baseline_trials(study)
+        ]
         searched = studies.best_searched(study, budget)
         if searched is not None:
             picks.append((SEARCHED, searched))
@@ -272,7 +278,8 @@ def run_setting(
         recipe = None
         jobs: list[tuple[str, Policy, Any]] = []
         for label, trial in picks:
-            policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number}")
+            policy = TrialRecord.from_trial(trial).applied_policy(trial.number)
+            assert policy is not None, f"trial {trial.number} stored no policy"
             jobs.append((label, policy, trial))
             if label == "uniform-l1":
                 recipe = policy

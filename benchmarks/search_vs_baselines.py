@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         rows = json.loads(args.summarize.read_text())
         if any("test_images" not in r for r in rows):  # written before the field existed
-            from autoprune.objective import load_splits
+            from autoprune.evaluate import load_splits
 
             size = len(load_splits(rows[0]["dataset"], None).test)
             rows = [{"test_images": size, **r} for r in rows]
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune import study as studies
     from autoprune.checkpoint import replay
     from autoprune.config import SearchConfig
-    from autoprune.objective import load_splits
-    from autoprune.policy import Policy
+    from autoprune.evaluate import load_splits
+    from autoprune.records import TrialRecord
     from autoprune.runner import search
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -133,16 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             rho = studies.proxy_spearman(study)
             timing = {p: share for p, _, share, _ in studies.timing_summary(study)}
             picks = [
-                (t.user_attrs[studies.BASELINE_ATTR], t) for t in studies.baseline_trials(study)
+                (str(TrialRecord.from_trial(t).baseline), t) for t in studies.baseline_trials(study)
             ]
             searched = studies.best_searched(study, budget)
             test_images = len(load_splits(args.dataset, None).test)
             if searched is not None:
                 picks.append(("searched", searched))
             for label, trial in picks:
-                policy = Policy.from_dict(
-                    trial.user_attrs["policy"], source=f"trial {trial.number}"
-                )
+                policy = TrialRecord.from_trial(trial).applied_policy(trial.number)
+                assert policy is not None, f"trial {trial.number} stored no policy"
                 result = replay(
                     policy,
                     epochs=args.replay_epochs,

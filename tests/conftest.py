@@ -46,6 +46,13 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- shared helpers
 
 
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh current directory: what a search writes under ./ (policies/) lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Torch on one thread for a module: small convolutions run far faster so on a loaded machine."""

@@ -21,7 +21,7 @@ from autoprune import groups
 from autoprune.base import load_base
 from autoprune.checkpoint import load_checkpoint
 from autoprune.cli import main
-from autoprune.objective import ObjectiveConfig, evaluate_policy, prune_policy
+from autoprune.evaluate import ObjectiveConfig, evaluate_policy, prune_policy
 from autoprune.policy import ClassAware, GroupPolicy, Policy, Retrain, Scoring
 from autoprune.prune import removed_digest
 
@@ -48,7 +48,7 @@ def _policy(base: Path, criterion_of: dict[str, str] | str, **sections: object) 
 
 
 def _macs_ratio(pruned: object, base: Path) -> float:
-    from autoprune.objective import base_macs_params
+    from autoprune.evaluate import base_macs_params
 
     return pruned.macs / base_macs_params(load_base(base))[0]  # type: ignore[attr-defined]
 

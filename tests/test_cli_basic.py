@@ -132,6 +132,7 @@ def reload_in_fresh_process(run_python: RunPython, checkpoint: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_train_writes_a_checkpoint_that_reloads_in_a_fresh_process(
     autoprune_cli: RunCli, run_python: RunPython, tmp_path: Path
 ) -> None:

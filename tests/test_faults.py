@@ -24,20 +24,14 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune import criteria
 from autoprune.cli import main
 from autoprune.criteria.magnitude import L1Norm
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 FAULT_DIR_ENV = "AUTOPRUNE_TEST_FAULT_DIR"  # read by worker_setup in Ray workers
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _search(base: Path, db: Path, trials: int, *extra: str, space: str = FAST_SPACE) -> list[str]:
@@ -104,6 +98,7 @@ def _register(monkeypatch: pytest.MonkeyPatch, name: str, cls: type[criteria.Cri
     monkeypatch.setitem(criteria._REGISTRY, name, named)
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_a_criterion_that_raises_fails_its_candidate_only(
     trained_base: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -124,6 +119,7 @@ def test_a_criterion_that_raises_fails_its_candidate_only(
     _assert_listed(_shown(db, capsys), failed)
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_place(
     trained_base: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -154,6 +150,7 @@ def test_a_diverging_fine_tune_stops_early_and_the_next_candidate_takes_its_plac
     _assert_listed(_shown(db, capsys), failed)
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_out_of_memory_is_reported_with_what_to_change(
     trained_base: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

@@ -198,6 +198,7 @@ def random_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_replay_reproduces_a_distilled_recipe(
     random_base: Path, tmp_path: Path, one_thread: None
 ) -> None:

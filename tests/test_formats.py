@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from helpers import FAST_SPACE
 
 from autoprune import study as studies
 from autoprune.cli import main
@@ -25,7 +26,6 @@ from autoprune.export import export_front
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 SPEC = ModelSpec("resnet20", 10, (1, 28, 28))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from helpers import FAST_SPACE
 from PIL import Image
 
 from autoprune import data
@@ -20,7 +21,6 @@ from autoprune.cli import main
 from autoprune.data.imagefolder import PreparedImages
 from autoprune.errors import UserError
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 CLASSES = ("cat", "dog", "fox")
 
 
@@ -139,7 +139,7 @@ def test_search_resume_and_replay_reuse_the_base_checkpoints_size(
 ) -> None:
     """Images of mixed sizes trained at --image-size 16: nothing later needs the flag again."""
     from autoprune import study as studies
-    from autoprune.objective import ObjectiveConfig, load_inputs
+    from autoprune.evaluate import ObjectiveConfig, load_inputs
 
     monkeypatch.chdir(tmp_path)
     folder = write_images(tmp_path / "pets", per_class=10, sizes=[(24, 24), (20, 18)])

@@ -1,7 +1,7 @@
 """Interop views of exported policies: NNI config lists, Torch-Pruning ratio dicts, timm shapes.
 
 The policies are applied policies made the way a search makes them: a raw policy with a MACs
-target goes through :func:`autoprune.objective.prune_policy` (budget projection, then the
+target goes through :func:`autoprune.evaluate.prune_policy` (budget projection, then the
 surgery replay runs) on a ResNet-20 base, so residual groups (coupled convolutions), iterative
 steps and dropped blocks are all exercised. The base is untrained: which channels go and how
 well the model does are not what these tests check, only how many channels each layer loses.
@@ -27,9 +27,9 @@ from autoprune.cli import main
 from autoprune.cli.parser import build_parser
 from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, prune_policy
 from autoprune.groups import classifier_layers
 from autoprune.modelspec import ModelSpec
-from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import Policy
 from autoprune.study import BASELINE_ATTR, DIRECTIONS
 

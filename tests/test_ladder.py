@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune import ladder
@@ -18,7 +19,6 @@ from autoprune.errors import UserError
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import Policy
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 POLICY = Policy(model=ModelSpec("resnet20", 10, (1, 28, 28)), groups={}).to_dict()
 
 

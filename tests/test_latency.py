@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune import study as studies
@@ -27,14 +28,6 @@ from autoprune.macs import count_macs_params
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.prune import apply
-
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _search(base: Path, db: Path, *extra: str) -> list[str]:
@@ -100,7 +93,7 @@ def test_a_latency_search_stores_latency_per_trial_and_orders_its_front_by_it(
     # Timings on this shared machine swing by 2x; the plumbing is tested on a deterministic
     # latency (parameters), the timer itself by the test above and `both` below.
     monkeypatch.setattr("autoprune.latency.measure", _params_as_latency)
-    monkeypatch.setattr("autoprune.objective.measure", _params_as_latency)
+    monkeypatch.setattr("autoprune.evaluate.measure", _params_as_latency)
     db = workdir / "s.db"
     args = _search(trained_base, db, "--objective", "latency", "--budget-latency", "0.9")
     args[args.index("--trials") + 1] = "1"
@@ -292,7 +285,7 @@ def test_the_winner_under_a_latency_budget_is_the_best_feasible_point() -> None:
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_class_threshold_moves_channels_in_multiples_of_8(trained_base: Path, steps: int) -> None:
-    from autoprune.objective import ObjectiveConfig, prune_policy
+    from autoprune.evaluate import ObjectiveConfig, prune_policy
     from autoprune.policy import ClassAware, Retrain, Schedule
 
     base = load_base(trained_base)

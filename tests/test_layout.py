@@ -155,11 +155,15 @@ def test_groups_sits_at_the_bottom_of_the_engine() -> None:
 
 
 def test_the_engine_knows_nothing_of_optuna_or_ray() -> None:
-    """``objective`` and everything it uses can run without the search service."""
-    service = {m for m in MODULES if m.startswith(("autoprune.executors", "autoprune.runner"))}
-    service |= {"autoprune.study", "autoprune.export", "autoprune.sampler", "autoprune.prepare"}
+    """``evaluate`` and everything it uses can run without the search service."""
+    service = {
+        m
+        for m in MODULES
+        if m.startswith(("autoprune.executors", "autoprune.runner", "autoprune.study"))
+    }
+    service |= {"autoprune.export", "autoprune.sampler", "autoprune.prepare"}
     seen: set[str] = set()
-    todo = ["autoprune.objective"]
+    todo = ["autoprune.evaluate"]
     while todo:
         module = todo.pop()
         if module not in seen:
@@ -189,6 +193,7 @@ def test_public_api_is_lazy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_docstring_example_runs(
     trained_base: Path,
     tmp_path: Path,

@@ -27,18 +27,18 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
-from autoprune import objective as objective_module
+from autoprune import evaluate as evaluate_module
 from autoprune import shipping
 from autoprune.base import load_base
 from autoprune.cli import main
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, prune_policy
 from autoprune.groups import discover_groups
-from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import GroupPolicy, Policy, Retrain
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 FORBIDDEN_ENV = "AUTOPRUNE_TEST_FORBIDDEN_ROOT"  # set only on the worker node
 AUDIT_LOG_ENV = "AUTOPRUNE_TEST_AUDIT_LOG"  # folder the worker node's processes log into
 # Audit events whose first arguments are paths: opening, listing, creating, moving, removing.
@@ -183,7 +183,7 @@ def _energy_policy(base: Path) -> Policy:
 def fresh_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process as a new worker: nothing installed from an earlier shipment."""
     monkeypatch.setattr(shipping, "_unpacked", set())
-    monkeypatch.setattr(objective_module, "_installed_bases", {})
+    monkeypatch.setattr(evaluate_module, "_installed_bases", {})
 
 
 def test_a_shipped_base_prunes_without_the_drivers_files_or_calibration(

@@ -20,9 +20,9 @@ from torch import nn
 from autoprune import criteria
 from autoprune.base import save_base
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, prune_policy
 from autoprune.groups import discover_groups
 from autoprune.modelspec import ModelSpec
-from autoprune.objective import ObjectiveConfig, prune_policy
 from autoprune.policy import (
     SCHEMA,
     BaseRef,

@@ -21,14 +21,13 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune.cli import main
 from autoprune.policy import Policy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 
 
 def _server_bin() -> Path | None:

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import FAST_SPACE
 
 import autoprune
 from autoprune.progress import Progress
 
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
 TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED\(screened\)|FAIL) ")
 
 

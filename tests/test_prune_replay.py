@@ -29,9 +29,9 @@ from autoprune.criteria.calibration import Calibration
 from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.depth import drop_blocks
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, evaluate_policy, prune_policy
 from autoprune.macs import count_macs_params
 from autoprune.modelspec import ModelSpec
-from autoprune.objective import ObjectiveConfig, evaluate_policy, prune_policy
 from autoprune.policy import Depth, GroupPolicy, Policy, Schedule
 
 RunPython = Callable[..., subprocess.CompletedProcess[str]]
@@ -86,7 +86,7 @@ def last_json_line(proc: subprocess.CompletedProcess[str]) -> Any:
 
 DETERMINISM_CHILD = """
 import json, sys, torch
-from autoprune.objective import ObjectiveConfig, base_macs_params, prune_policy
+from autoprune.evaluate import ObjectiveConfig, base_macs_params, prune_policy
 from autoprune.policy import Policy
 
 base, policy_path, cache = sys.argv[1:4]
@@ -116,6 +116,7 @@ def random_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_same_policy_seed_and_base_prune_identically_in_fresh_processes(
     random_base: Path, tmp_path: Path, run_python: RunPython
 ) -> None:

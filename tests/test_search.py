@@ -17,18 +17,11 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune.cli import main
 from autoprune.policy import Policy
-
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _search_args(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
@@ -43,6 +36,7 @@ def _trials(db: Path, name: str = "t") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_search_resume_export_and_replay(
     trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,6 +97,7 @@ def test_search_resume_export_and_replay(
     )
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: Path) -> None:
     db = workdir / "s.db"
     assert main(_search_args(trained_base, db, 1)) == 0
@@ -125,6 +120,7 @@ def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: 
     assert "COMPLETE" in out and "policy" in out
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_eight_energy_trials_compute_calibration_scores_once(
     trained_base: Path, workdir: Path
 ) -> None:
@@ -179,6 +175,7 @@ def _evaluating(db: Path) -> bool:
         (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/postgres"], "cannot be opened"),
     ],
 )
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_bad_search_input_exits_2_and_leaves_the_db_alone(
     trained_base: Path, workdir: Path, args: list[str], needle: str
 ) -> None:
@@ -298,6 +295,7 @@ def test_ray_searcher_stops_once_another_driver_finished_the_study(
     assert Policy.from_dict(suggested["policies"][0]).target_macs_ratio is not None
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_resumed_search_draws_new_parameters(trained_base: Path, workdir: Path) -> None:
     """A restarted sampler must not replay the draws the study already evaluated."""
     db = workdir / "s.db"
@@ -313,8 +311,8 @@ def test_local_driver_stops_when_the_shared_study_is_already_full(
 ) -> None:
     from autoprune.base import load_base
     from autoprune.config import SearchConfig
+    from autoprune.evaluate import ObjectiveConfig
     from autoprune.executors.local import run_local
-    from autoprune.objective import ObjectiveConfig
     from autoprune.progress import Progress
     from autoprune.space import SearchSpace, build_context
 

@@ -13,20 +13,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from helpers import FAST_SPACE
 from optuna.trial import TrialState
 
 from autoprune import data
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.policy import GroupPolicy, Policy
-
-FAST_SPACE = str(Path(__file__).parent / "data" / "fast_space.yaml")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _trials(db: Path, name: str = "q") -> list[optuna.trial.FrozenTrial]:
@@ -44,6 +37,7 @@ def _search(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
 # --------------------------------------------------------------------------- baselines + screening
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_baselines_run_first_once_and_screening_records_every_candidate(
     trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,6 +101,7 @@ def test_baselines_run_first_once_and_screening_records_every_candidate(
         assert phase in out
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_no_baselines_and_no_screening(trained_base: Path, workdir: Path) -> None:
     db = workdir / "s.db"
     args = _search(
@@ -162,7 +157,7 @@ def test_spearman_matches_a_hand_computed_value() -> None:
 
 
 def test_adaptive_bn_refreshes_statistics_without_changing_any_weight(trained_base: Path) -> None:
-    from autoprune.objective import ObjectiveConfig, adaptive_bn, adaptive_bn_proxy, prune_policy
+    from autoprune.evaluate import ObjectiveConfig, adaptive_bn, adaptive_bn_proxy, prune_policy
 
     config = ObjectiveConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
     names = _group_names(trained_base)
@@ -190,7 +185,7 @@ def test_sensitivity_curves_are_measured_once_per_key(
     from dataclasses import replace
 
     from autoprune import priors
-    from autoprune.objective import ObjectiveConfig
+    from autoprune.evaluate import ObjectiveConfig
 
     calls: list[Policy] = []
 
@@ -234,8 +229,8 @@ def test_sensitivity_allocation_meets_the_budget_sparing_sensitive_groups(
 
 def test_global_ranking_meets_the_budget(trained_base: Path) -> None:
     from autoprune.base import load_base
+    from autoprune.evaluate import ObjectiveConfig
     from autoprune.macs import MacsModel
-    from autoprune.objective import ObjectiveConfig
     from autoprune.priors import global_rates
 
     config = ObjectiveConfig(base_checkpoint=str(trained_base), dataset="mnist5k")

@@ -16,6 +16,7 @@ from autoprune.modelspec import ModelSpec
 SPEC = ModelSpec("resnet20", 10, (1, 28, 28))
 
 
+@pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_every_group_is_in_the_table_the_json_and_the_png(
     trained_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

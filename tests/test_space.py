@@ -6,12 +6,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import FAST_SPACE
 
 from autoprune.errors import UserError
 from autoprune.modelspec import ModelSpec
 from autoprune.space import SearchSpace, SpaceContext, spaces_dir
-
-FAST_SPACE = Path(__file__).parent / "data" / "fast_space.yaml"
 
 
 def _context(budget: float = 0.5, ranking: dict[str, list[str]] | None = None) -> SpaceContext:
@@ -66,7 +65,7 @@ def test_space_by_name_resolves_bundled_file() -> None:
 
 
 def test_sampling_is_deterministic_for_a_seed() -> None:
-    space, ctx = SearchSpace.load(str(FAST_SPACE)), _context()
+    space, ctx = SearchSpace.load(FAST_SPACE), _context()
     assert _sample(space, ctx, 3) == _sample(space, ctx, 3)
     assert _sample(space, ctx, 3) != _sample(space, ctx, 4)
 

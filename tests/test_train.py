@@ -72,7 +72,7 @@ def test_trial_fine_tunes_do_not_autotune_cudnn() -> None:
     made a 1.5 s fine-tune epoch take 10.4 s on an H200 (benchmarks/gpu_campaign.py)."""
     from types import SimpleNamespace
 
-    from autoprune.objective import ObjectiveConfig, _train_config
+    from autoprune.evaluate import ObjectiveConfig, _train_config
     from autoprune.policy import Retrain
 
     policy: Any = SimpleNamespace(retrain=Retrain())

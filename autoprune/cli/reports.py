@@ -80,6 +80,10 @@ def study_report(
 
     from autoprune import study as studies
     from autoprune.export import policy_file_name
+    from autoprune.records import TrialRecord
+
+    def name_of(t: Any) -> str:
+        return str(TrialRecord.from_trial(t).baseline)
 
     folder = Path(policies_dir) / study.study_name
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -87,12 +91,10 @@ def study_report(
     base = studies.baseline_trials(study)
     files = {p.number: folder / policy_file_name(p.number) for p in front}
     for t in base:
-        files.setdefault(
-            t.number, folder / policy_file_name(t, t.user_attrs[studies.BASELINE_ATTR])
-        )
+        files.setdefault(t.number, folder / policy_file_name(t, name_of(t)))
     metric = studies.front_metric(study)
     budget = studies.study_budget(study)
-    raw_config = study.user_attrs.get(studies.CONFIG_ATTR)
+    raw_config = studies.has_config(study)
     counts = {
         name: len(study.get_trials(deepcopy=False, states=(state,)))
         for name, state in (
@@ -116,9 +118,7 @@ def study_report(
         "trials": counts,
         "policies_dir": str(folder),
         "front": [trial_row(trials[p.number], files) for p in front],
-        "baselines": [
-            {"name": str(t.user_attrs[studies.BASELINE_ATTR]), **trial_row(t, files)} for t in base
-        ],
+        "baselines": [{"name": name_of(t), **trial_row(t, files)} for t in base],
         "winner": None,
         "best_searched": None,
         "best_baseline": None,
@@ -135,7 +135,7 @@ def study_report(
     if base:
         top = max(base, key=lambda t: (studies.rung_of(t), t.values[0]))  # highest rung first
         report["best_baseline"] = {
-            "name": str(top.user_attrs[studies.BASELINE_ATTR]),
+            "name": name_of(top),
             **trial_row(top, files),
         }
     report["hypervolume"] = {
@@ -146,7 +146,7 @@ def study_report(
     }
     report["sensitivity_command"] = None
     used = any(t.params.get("prior") == "sensitivity" for t in trials.values()) or any(
-        str(t.user_attrs[studies.BASELINE_ATTR]).startswith("sensitivity") for t in base
+        name_of(t).startswith("sensitivity") for t in base
     )
     stored = studies.search_config(study) if raw_config else None
     if used and stored is not None and stored.base_checkpoint:  # its prior's curves
@@ -159,10 +159,11 @@ def study_report(
     report["failed_trials"] = [
         {
             "trial": t.number,
-            "kind": t.user_attrs.get("error_kind"),
-            "reason": _first_line(str(t.user_attrs.get("error", "no reason stored"))),
+            "kind": failed.error_kind,
+            "reason": _first_line(str(failed.error or "no reason stored")),
         }
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if (failed := TrialRecord.from_trial(t)) is not None
     ]
     if timing:
         report["timing"] = [
@@ -180,23 +181,19 @@ def trial_row(trial: Any, files: dict[int, Path] | None = None) -> dict[str, Any
     """
     from autoprune import study as studies
     from autoprune.plots import criteria_counts
-    from autoprune.policy import Policy
+    from autoprune.records import TrialRecord
 
+    record = TrialRecord.from_trial(trial)
     row: dict[str, Any] = {
         "trial": trial.number,
-        "source": str(trial.user_attrs.get(studies.BASELINE_ATTR) or "searched"),
+        "source": str(record.baseline or "searched"),
         # the ladder rung its figure was fine-tuned at (--rungs; 0: the search's own length)
         "rung": studies.rung_of(trial),
     }
     for name in TRIAL_METRICS:
         row[name] = studies.trial_metric(trial, name)
-    proxy = trial.user_attrs.get("proxy_accuracy")
-    row["proxy_accuracy"] = float(proxy) if isinstance(proxy, (int, float)) else None
-    policy = (
-        Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number}")
-        if "policy" in trial.user_attrs
-        else None
-    )
+    row["proxy_accuracy"] = record.metric("proxy_accuracy")
+    policy = record.applied_policy(trial.number)
     row["criteria"] = criteria_counts(policy) if policy else {}
     row["blocks_dropped"] = list(policy.depth.drop_blocks) if policy else []
     path = (files or {}).get(trial.number)

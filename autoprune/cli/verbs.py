@@ -11,10 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.cli.tables import print_study, print_table
 from autoprune.errors import UserError
+
+if TYPE_CHECKING:
+    from autoprune.config import SearchConfig
 
 VERBS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
@@ -168,18 +171,16 @@ def _inspect_blocks(args: argparse.Namespace, model: object, spec: object) -> in
 # --------------------------------------------------------------------------- search & studies
 
 
-def _search_config(args: argparse.Namespace) -> object:
+def _search_config(args: argparse.Namespace) -> SearchConfig:
+    """The search the flags name: every SearchConfig field a flag of the same name set (an unset
+    flag stays None, so the field keeps its default, or a resumed study its stored value)."""
+    from dataclasses import fields
+
     from autoprune.config import SearchConfig, parse_resources
 
-    fields = {
-        "budget_flops", "model", "dataset", "data_root", "base_checkpoint", "space", "trials", "sampler", "seed",
-        "executor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "ray_address", "storage", "study",
-        "device", "calibration_images", "screen", "rungs", "eta", "baselines", "image_size", "max_failures",
-        "precision", "loader_workers", "objective", "budget_latency", "latency_batch_size",
-        "latency_repeats", "latency_warmup", "latency_runtime", "channel_multiple",
-    }  # fmt: skip
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if getattr(args, "resources_per_trial", None) is not None:
+    names = {f.name for f in fields(SearchConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if values.get("resources_per_trial") is not None:  # JSON on the command line
         values["resources_per_trial"] = parse_resources(args.resources_per_trial)
     return SearchConfig(**values)
 
@@ -191,7 +192,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = _search_config(args)
     outcome = search(
-        config,  # type: ignore[arg-type]
+        config,
         quiet=args.quiet,
         policies_dir=_policies_dir(args),
     )
@@ -451,7 +452,7 @@ def _int8_data(args: argparse.Namespace) -> tuple[str, Any]:
     """``onnx --int8``'s dataset and splits, before anything is exported (a missing dataset
     stops here, in one line)."""
     from autoprune.deploy import checkpoint_dataset
-    from autoprune.objective import load_splits
+    from autoprune.evaluate import load_splits
 
     if args.calibration_images < 1:
         raise UserError(f"--calibration-images {args.calibration_images} must be >= 1")

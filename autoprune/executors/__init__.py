@@ -10,7 +10,7 @@ Two executors share everything but the loop:
 Both hand out brackets (:mod:`.brackets`: one trial, or ``--screen K`` candidates of which the
 adaptive-BN proxy picks one to fine-tune), evaluate them with
 :func:`.results.evaluate_bracket_for_trial` (which calls
-:func:`autoprune.objective.evaluate_bracket`) and record them with
+:func:`autoprune.evaluate.evaluate_bracket`) and record them with
 :func:`autoprune.study.finish_bracket`; both stop asking once the study holds ``--trials``
 fine-tuned trials, whoever finished them.
 """

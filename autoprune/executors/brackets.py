@@ -4,7 +4,7 @@ A bracket is either one trial (a baseline, or any trial when screening is off) o
 trials that share a MACs target (the budget, or for an explore bracket the target its first
 trial sampled below it, so the proxy compares like with like): the worker
 scores all K by the adaptive-BN proxy and fine-tunes only the best
-(:func:`autoprune.objective.evaluate_bracket`); the others are recorded PRUNED with their proxy.
+(:func:`autoprune.evaluate.evaluate_bracket`); the others are recorded PRUNED with their proxy.
 That is one rung of successive halving with rate K, run inside one worker: Ray Tune's ASHA
 would launch a Tune trial per candidate (its per-trial overhead is about the cost of the
 proxy itself) and stops on one metric, and Optuna's pruners are single-objective.
@@ -20,8 +20,10 @@ from optuna.trial import TrialState
 from autoprune import study as studies
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.executors.results import CANDIDATES
 from autoprune.failures import Failure
 from autoprune.progress import Progress
+from autoprune.records import TrialRecord
 from autoprune.space import SearchSpace, SpaceContext
 
 
@@ -40,7 +42,7 @@ class BracketSource:
         self.searched = sum(
             1
             for t in studies.completed_trials(study)
-            if not t.user_attrs.get(studies.BASELINE_ATTR) and studies.RUNG_ATTR not in t.user_attrs
+            if not (record := TrialRecord.from_trial(t)).is_baseline and record.rung is None
         )
         self.last_single = True
         self.last_target: float | None = None  # an explore bracket's sampled target
@@ -53,12 +55,13 @@ class BracketSource:
     def __call__(self, trial: Any) -> None:
         """Sample the first trial of a bracket (Ray's ``OptunaSearch`` calls this as its space)."""
         studies.mark_driver(trial)
-        baseline = trial.user_attrs.get(studies.BASELINE_ATTR)
-        retry = studies.RETRY_ATTR in trial.user_attrs
-        promoted = studies.RUNG_ATTR in trial.user_attrs  # a ladder rung: its parent's params
+        record = TrialRecord.from_trial(trial)
+        baseline = record.baseline
+        retry = record.retry_of is not None
+        promoted = record.rung is not None  # a ladder rung: its parent's params
         explore = False
         if retry:  # re-run as it was: its fixed params hold its target when it explored
-            explore = bool(trial.user_attrs.get(studies.EXPLORE_ATTR))
+            explore = bool(record.explore)
         elif not baseline and not promoted:
             explore = self.space.explores(self.searched)
             self.searched += 1
@@ -93,7 +96,7 @@ class BracketSource:
         out = []
         for t in trials:
             policy = self.space.to_policy(t.params, self.ctx)
-            rung = int(t.user_attrs.get(studies.RUNG_ATTR, 0))
+            rung = TrialRecord.from_trial(t).level
             if rung:
                 policy.retrain.epochs *= self.config.eta**rung
             out.append(policy.to_dict())
@@ -111,10 +114,10 @@ def record(
 ) -> list[TrialState]:
     """Record a bracket's report (one candidate report per trial) with its driver wall time,
     and count every recorded trial on ``progress``."""
-    candidates = (result or {}).get("candidates")
+    candidates = (result or {}).get(CANDIDATES)
     if not candidates or len(candidates) != len(trials) or error is not None:
         reports: list[dict[str, Any] | None] = [result] + [None] * (len(trials) - 1)
-        if error is None and result and "error" not in result and len(trials) > 1:
+        if error is None and result and not Failure.is_in(result) and len(trials) > 1:
             error = Failure(
                 "exception",
                 f"the worker reported {len(candidates or [])} candidates for {len(trials)} trials",
@@ -127,7 +130,7 @@ def record(
     if progress is not None:
         done = studies.complete_count(study)
         for trial, state, report in zip(trials, states, reports, strict=True):
-            reason = trial.user_attrs.get("error") if state is TrialState.FAIL else None
+            reason = TrialRecord.from_trial(trial).error if state is TrialState.FAIL else None
             progress.update(done, report, state.name, trial.number, reason)
     return states
 
@@ -155,8 +158,8 @@ class FailureStreak:
             return
         for trial, state in zip(trials, states, strict=True):
             if state is TrialState.FAIL:
-                kind, reason = trial.user_attrs.get("error_kind"), trial.user_attrs.get("error")
-                self.last = f"trial {trial.number} ({kind}): {reason}"
+                failed = TrialRecord.from_trial(trial)
+                self.last = f"trial {trial.number} ({failed.error_kind}): {failed.error}"
         self.count += 1
 
     @property

@@ -9,10 +9,10 @@ from optuna.trial import TrialState
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
+from autoprune.evaluate import ObjectiveConfig
 from autoprune.executors.brackets import BracketSource, FailureStreak, record
 from autoprune.executors.results import decode, evaluate_bracket_for_trial
 from autoprune.failures import classify
-from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
 from autoprune.space import SearchSpace, SpaceContext
 
@@ -32,7 +32,7 @@ def run_local(
     ``missing`` brackets are planned; with ``refill`` each bracket that ends without a COMPLETE
     trial is replaced by another (without it, e.g. when only the queued baselines are to run,
     exactly ``missing`` are asked). Torch's thread count is set by
-    :func:`autoprune.objective.evaluate_policy` at the start of every trial
+    :func:`autoprune.evaluate.evaluate_policy` at the start of every trial
     (``objective.threads``). A failure is recorded on its trials and the search goes on, up to
     :class:`FailureStreak`'s limit.
 

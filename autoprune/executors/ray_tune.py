@@ -31,12 +31,13 @@ from optuna.trial import TrialState
 
 from autoprune import study as studies
 from autoprune.config import SearchConfig
+from autoprune.evaluate import ObjectiveConfig
 from autoprune.executors.brackets import BracketSource, FailureStreak, record
 from autoprune.executors.results import decode, evaluate_bracket_for_trial
 from autoprune.failures import Failure, classify
 from autoprune.files import studies_dir
-from autoprune.objective import ObjectiveConfig
 from autoprune.progress import Progress
+from autoprune.records import TrialRecord
 from autoprune.shipping import Shipment, pack, unpack
 from autoprune.space import SearchSpace, SpaceContext
 
@@ -54,7 +55,7 @@ def trainable(
 
     node_id = ray.get_runtime_context().get_node_id()
     objective = unpack(shipment, objective, on_driver_node=node_id == driver_node)
-    node = {"node_id": node_id, "node_ip": ray.util.get_node_ip_address()}
+    node = TrialRecord(node_id=node_id, node_ip=ray.util.get_node_ip_address()).to_attrs()
     tune.report(evaluate_bracket_for_trial(objective, config["policies"], extra=node))
 
 
@@ -293,7 +294,7 @@ def policy_searcher(
         progress,
         space=source,
         metric=config.metric_names(),
-        mode=["max"] + ["min"] * (len(config.metric_names()) - 1),
+        mode=[d[:3] for d in config.directions()],  # "max", "min"
         sampler=study.sampler,
         seed=config.seed,
         study_name=study.study_name,

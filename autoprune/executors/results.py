@@ -12,50 +12,55 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from autoprune.evaluate import Metrics, ObjectiveConfig, evaluate_bracket
 from autoprune.failures import Failure, classify
-from autoprune.objective import Metrics, ObjectiveConfig, evaluate_bracket
 from autoprune.policy import Policy
+from autoprune.records import TrialRecord
+
+JSON_SUFFIX = "_json"  # a report's field that holds JSON (Tune carries flat numbers and strings)
+CANDIDATES = "candidates"  # a bracket's report: every candidate's report, in order
 
 
 def encode(metrics: Metrics) -> dict[str, Any]:
-    """What a trial reports: flat numbers, plus the applied policy and timings as JSON strings."""
-    return {
-        "val_accuracy": metrics.val_accuracy,
-        "macs_ratio": metrics.macs_ratio,
-        "params_ratio": metrics.params_ratio,
-        "macs": metrics.macs,
-        "params": metrics.params,
-        "val_loss": metrics.val_loss,
-        "policy_json": json.dumps(metrics.policy.to_dict()),
-        "timings_json": json.dumps(metrics.timings),
-        "counters_json": json.dumps(metrics.counters),
-        "finetuned": metrics.finetuned,
-        "proxy_accuracy": metrics.proxy.accuracy if metrics.proxy else None,
-        "proxy_loss": metrics.proxy.loss if metrics.proxy else None,
-        **(
-            {
-                "latency_ms": metrics.latency.ms,
-                "base_latency_ms": metrics.latency.base_ms,
-                "latency_ratio": metrics.latency.ratio,
-                "latency_device": metrics.latency.device,
-            }
-            if metrics.latency is not None
-            else {}
-        ),
-    }
+    """What a trial reports: its objectives, whether it was fine-tuned, and what its record
+    keeps (:class:`~autoprune.records.TrialRecord`), flat: a field that is a dict (the applied
+    policy, the timings, the counters) travels as a JSON string under ``NAME_json``."""
+    latency = metrics.latency
+    record = TrialRecord(
+        policy=metrics.policy.to_dict(),
+        timings=metrics.timings,
+        counters=metrics.counters,
+        macs_ratio=metrics.macs_ratio,
+        params_ratio=metrics.params_ratio,
+        macs=metrics.macs,
+        params=metrics.params,
+        val_loss=metrics.val_loss,
+        proxy_accuracy=metrics.proxy.accuracy if metrics.proxy else None,
+        proxy_loss=metrics.proxy.loss if metrics.proxy else None,
+        latency_ms=latency.ms if latency else None,
+        base_latency_ms=latency.base_ms if latency else None,
+        latency_ratio=latency.ratio if latency else None,
+        latency_device=latency.device if latency else None,
+    )
+    report: dict[str, Any] = {"val_accuracy": metrics.val_accuracy, "finetuned": metrics.finetuned}
+    for key, value in record.to_attrs().items():
+        if isinstance(value, dict):
+            report[key + JSON_SUFFIX] = json.dumps(value)
+        else:
+            report[key] = value
+    return report
 
 
 def decode(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The driver's view of a report: JSON fields parsed back (``policy``, ``timings``, ...)."""
+    """The driver's view of a report: its ``NAME_json`` fields parsed back into ``NAME``."""
     if not result:
         return result
     out = dict(result)
-    if "candidates_json" in out:
-        out["candidates"] = [decode(c) for c in json.loads(out.pop("candidates_json"))]
-    for key in ("policy", "timings", "counters"):
-        raw = out.pop(f"{key}_json", None)
-        if raw is not None:
-            out[key] = json.loads(raw)
+    for key in [k for k in out if k.endswith(JSON_SUFFIX)]:
+        value = json.loads(out.pop(key))
+        if key == CANDIDATES + JSON_SUFFIX:  # every candidate's own report
+            value = [decode(c) for c in value]
+        out[key.removesuffix(JSON_SUFFIX)] = value
     return out
 
 
@@ -84,4 +89,4 @@ def evaluate_bracket_for_trial(
     ]
     top = next((r for r in reports if r.get("finetuned")), reports[0])
     # ``top`` carries the metrics Tune requires (NaN when every candidate failed).
-    return {**top, "candidates_json": json.dumps(reports)}
+    return {**top, CANDIDATES + JSON_SUFFIX: json.dumps(reports)}

@@ -3,7 +3,7 @@
 Both executors (Ray Tune workers and the local Optuna loop) and ``replay`` call into this
 module, so a policy found by the search is reproduced by exactly the code that measured it.
 
-    >>> from autoprune.objective import ObjectiveConfig, evaluate_policy  # doctest: +SKIP
+    >>> from autoprune.evaluate import ObjectiveConfig, evaluate_policy  # doctest: +SKIP
     >>> metrics = evaluate_policy(ObjectiveConfig(base_checkpoint="studies/base/resnet20-mnist5k.pt",
     ...                                           dataset="mnist5k"), policy)
     >>> metrics.val_accuracy, metrics.macs_ratio
@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,11 @@ from autoprune.criteria.context import ScoringInputs
 from autoprune.data import DataSplits
 from autoprune.errors import UserError
 from autoprune.failures import Failure, classify
-from autoprune.files import studies_dir
+from autoprune.files import score_cache_dir
 from autoprune.latency import Latency, LatencySettings, measure
+from autoprune.logs import Log
 from autoprune.macs import count_macs_params
-from autoprune.policy import BaseRef, Policy, Scoring
+from autoprune.policy import DEFAULT_MAX_RATE, BaseRef, Policy, Scoring
 from autoprune.train import (
     TrainConfig,
     evaluate,
@@ -43,8 +43,6 @@ from autoprune.train import (
     recalibrate_batchnorm,
     select_device,
 )
-
-Log = Callable[[str], Any]
 
 
 @dataclass
@@ -58,7 +56,7 @@ class ObjectiveConfig:
     download: bool = False  # let torchvision download the dataset
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads in this process (None: torch's default)
-    max_rate: float = 0.9  # cap on any group's pruning rate during budget projection
+    max_rate: float = DEFAULT_MAX_RATE  # cap on any group's pruning rate during budget projection
     calibration_images: int = 256  # images data-driven criteria score on
     calibration_batch_size: int = 64
     score_cache: str | None = None  # folder of the base-score cache; None: studies/cache/scores
@@ -77,7 +75,7 @@ class ObjectiveConfig:
     latency: LatencySettings | None = None
 
     def cache_dir(self) -> Path:
-        return Path(self.score_cache) if self.score_cache else studies_dir() / "cache" / "scores"
+        return Path(self.score_cache) if self.score_cache else score_cache_dir()
 
 
 @dataclass
