@@ -156,14 +156,17 @@ def study_report(
         )
     rho = studies.proxy_spearman(study)
     report["proxy_spearman"] = None if rho is None else {"rho": rho[0], "trials": rho[1]}
+    failed = [
+        (t.number, TrialRecord.from_trial(t))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    ]
     report["failed_trials"] = [
         {
-            "trial": t.number,
-            "kind": failed.error_kind,
-            "reason": _first_line(str(failed.error or "no reason stored")),
+            "trial": number,
+            "kind": record.error_kind,
+            "reason": _first_line(str(record.error or "no reason stored")),
         }
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if (failed := TrialRecord.from_trial(t)) is not None
+        for number, record in failed
     ]
     if timing:
         report["timing"] = [

@@ -20,10 +20,6 @@ CONSTRAINT = "macs_budget"
 CONSTRAINTS = {"macs_ratio": CONSTRAINT, "latency_ratio": "latency_budget"}
 
 
-def record_of(trial: FrozenTrial) -> TrialRecord:
-    return TrialRecord.from_trial(trial)
-
-
 def write_record(study: optuna.Study, trial: optuna.Trial, record: TrialRecord) -> None:
     """Store ``record`` on a running trial (its set fields; one transaction where possible)."""
     set_user_attrs(study, trial, _jsonable(record.to_attrs()))
