@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -41,6 +42,33 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("base") / "resnet20-mnist5k.pt"
     train_base("resnet20", "mnist5k", 3.0, out, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def sensitivity_curves_dir(trained_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default space's sensitivity curves of ``trained_base``, measured once per session.
+
+    Measuring them (25 adaptive-BN proxies, about 40 s) is what the first default-space search
+    of a base does; :func:`warm_sensitivity` puts this cache where every later search looks.
+    """
+    from autoprune import prepare, priors
+    from autoprune.config import SearchConfig
+    from autoprune.space import SearchSpace
+
+    folder = tmp_path_factory.mktemp("sensitivity")
+    config = SearchConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
+    objective = prepare.objective_config(config, SearchSpace.load(config.space))
+    priors.sensitivity_curves(objective, cache_dir=folder)
+    return folder
+
+
+@pytest.fixture
+def warm_sensitivity(sensitivity_curves_dir: Path, autoprune_home: Path) -> Path:
+    """This test's ``AUTOPRUNE_HOME`` holds the session's sensitivity curves of ``trained_base``,
+    as after a first search of the default space: a default-space search measures none."""
+    target = autoprune_home / "cache" / "sensitivity"
+    shutil.copytree(sensitivity_curves_dir, target, dirs_exist_ok=True)
+    return target
 
 
 # --------------------------------------------------------------------------- shared helpers

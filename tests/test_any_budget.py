@@ -98,7 +98,7 @@ def test_relative_and_absolute_floor_together_are_refused() -> None:
 
 @pytest.mark.slow
 def test_search_at_an_aggressive_budget_with_the_default_space(
-    trained_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_base: Path, warm_sensitivity: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The user's first aggressive budget: the default space, no file to edit."""
     monkeypatch.chdir(tmp_path)

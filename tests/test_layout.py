@@ -196,6 +196,7 @@ def test_public_api_is_lazy() -> None:
 @pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_docstring_example_runs(
     trained_base: Path,
+    warm_sensitivity: Path,
     tmp_path: Path,
     autoprune_home: Path,
     run_python: Callable[..., subprocess.CompletedProcess[str]],

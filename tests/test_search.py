@@ -7,6 +7,7 @@ base checkpoint, so they take a few seconds per trial.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -28,7 +29,7 @@ def _search_args(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
     return [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--space", FAST_SPACE, "--trials", str(trials), "--executor", "local", "--storage", f"sqlite:///{db}",
-        "--study", "t", "--quiet", "--cpus-per-trial", "2", *extra,
+        "--study", "t", "--quiet", "--cpus-per-trial", "2", "--screen", "1", *extra,
     ]  # fmt: skip
 
 
@@ -41,9 +42,9 @@ def test_search_resume_export_and_replay(
     trained_base: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = workdir / "s.db"
-    assert main(_search_args(trained_base, db, 3)) == 0
+    assert main(_search_args(trained_base, db, 2)) == 0
     trials = _trials(db)
-    assert sum(t.state is TrialState.COMPLETE for t in trials) == 3
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 2
     for t in trials:  # every trial carries the applied (projected) policy
         if t.state is not TrialState.COMPLETE:
             continue  # candidates screened out by the proxy have MACs but no accuracy
@@ -52,11 +53,11 @@ def test_search_resume_export_and_replay(
         assert abs(t.values[1] - policy.target_macs_ratio) <= 0.01
 
     # The same command with a larger --trials adds exactly the missing trials.
-    assert main(_search_args(trained_base, db, 5)) == 0
-    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 5
+    assert main(_search_args(trained_base, db, 3)) == 0
+    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 3
     # `resume NAME` needs only the name (and where the DB is).
-    assert main(["resume", "t", "--storage", f"sqlite:///{db}", "--trials", "6", "--quiet"]) == 0
-    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 6
+    assert main(["resume", "t", "--storage", f"sqlite:///{db}", "--trials", "4", "--quiet"]) == 0
+    assert sum(t.state is TrialState.COMPLETE for t in _trials(db)) == 4
 
     exported = sorted((workdir / "policies" / "t").glob("trial-*.yaml"))
     assert exported, "the feasible front is exported"
@@ -121,9 +122,7 @@ def test_study_is_readable_by_the_stock_optuna_cli(trained_base: Path, workdir: 
 
 
 @pytest.mark.slow  # a real search, training or fresh process: make test runs it
-def test_eight_energy_trials_compute_calibration_scores_once(
-    trained_base: Path, workdir: Path
-) -> None:
+def test_energy_trials_compute_calibration_scores_once(trained_base: Path, workdir: Path) -> None:
     from autoprune import criteria
 
     if "energy" not in criteria.available():
@@ -134,11 +133,11 @@ def test_eight_energy_trials_compute_calibration_scores_once(
         "retrain: {epochs: [0.02]}\niterative_steps: [1]\n"
     )
     db = workdir / "s.db"
-    args = _search_args(trained_base, db, 8)
+    args = _search_args(trained_base, db, 4)
     args[args.index(FAST_SPACE)] = str(space)
     assert main(args) == 0
     trials = [t for t in _trials(db) if t.state is TrialState.COMPLETE]
-    assert len(trials) == 8
+    assert len(trials) == 4
     passes = [t.user_attrs.get("counters", {}).get("calibration_passes", 0) for t in trials]
     assert sum(passes) == 1, passes
 
@@ -165,6 +164,20 @@ def _evaluating(db: Path) -> bool:
     return bool(complete) and any(state == "RUNNING" and n == complete[0] for state, n in rows)
 
 
+@pytest.fixture(scope="module")
+def one_trial_db(trained_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study of one complete trial, searched once for the module (tests copy it)."""
+    folder = tmp_path_factory.mktemp("one-trial")
+    db = folder / "s.db"
+    before = Path.cwd()
+    os.chdir(folder)  # the search exports its front under ./policies
+    try:
+        assert main(_search_args(trained_base, db, 1)) == 0
+    finally:
+        os.chdir(before)
+    return db
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -177,11 +190,16 @@ def _evaluating(db: Path) -> bool:
 )
 @pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_bad_search_input_exits_2_and_leaves_the_db_alone(
-    trained_base: Path, workdir: Path, args: list[str], needle: str
+    trained_base: Path,
+    one_trial_db: Path,
+    workdir: Path,
+    args: list[str],
+    needle: str,
 ) -> None:
     db = workdir / "s.db"
-    assert main(_search_args(trained_base, db, 1)) == 0
+    shutil.copyfile(one_trial_db, db)
     before = _db_snapshot(db)
+    assert before, "the study holds its trial"
     bad_space = workdir / "bad.yaml"
     bad_space.write_text("granularityy: group\n")
     full = _search_args(trained_base, db, 2)
@@ -208,9 +226,9 @@ def test_bad_search_input_exits_2_and_leaves_the_db_alone(
 def test_sigkill_mid_trial_then_resume_finishes_cleanly(trained_base: Path, workdir: Path) -> None:
     db = workdir / "s.db"
     space = workdir / "slow.yaml"  # trials long enough to be killed mid-way
-    space.write_text("schema: autoprune.space/1\ncriteria: [l1]\nretrain: {epochs: [0.6]}\n")
+    space.write_text("schema: autoprune.space/1\ncriteria: [l1]\nretrain: {epochs: [0.3]}\n")
     # One trial per bracket and no baselines: the recovery of one killed trial is what is tested.
-    args = _search_args(trained_base, db, 4, "--screen", "1", "--baselines", "none")
+    args = _search_args(trained_base, db, 3, "--baselines", "none")
     args[args.index(FAST_SPACE)] = str(space)
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoprune", *args],
@@ -234,7 +252,7 @@ def test_sigkill_mid_trial_then_resume_finishes_cleanly(trained_base: Path, work
     assert "RUNNING" in [s for _, s in _db_snapshot(db)]
     assert main(["resume", "t", "--storage", f"sqlite:///{db}", "--quiet"]) == 0
     trials = _trials(db)
-    assert sum(t.state is TrialState.COMPLETE for t in trials) == 4
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 3
     assert not [t for t in trials if t.state is TrialState.RUNNING]
     failed = [t for t in trials if t.state is TrialState.FAIL]
     assert len(failed) == 1
@@ -249,8 +267,9 @@ def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, work
     for executor in ("local", "ray"):
         db = workdir / f"{executor}.db"
         args = _search_args(
-            trained_base, db, 4, "--max-concurrent", "1", "--sampler", "tpe", "--seed", "7"
-        )
+            trained_base, db, 4, "--max-concurrent", "1", "--sampler", "tpe", "--seed", "7",
+            "--screen", "2",
+        )  # fmt: skip
         args[args.index("local")] = executor
         args[args.index("--cpus-per-trial") + 1] = "1"
         assert main(args) == 0

@@ -18,9 +18,11 @@ SPEC = ModelSpec("resnet20", 10, (1, 28, 28))
 
 @pytest.mark.slow  # a real search, training or fresh process: make test runs it
 def test_every_group_is_in_the_table_the_json_and_the_png(
-    trained_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trained_base: Path, warm_sensitivity: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
+    """The verb reads the curves a search of the default space cached (conftest measured them
+    once, through the same ``priors.sensitivity_curves`` the verb calls)."""
     monkeypatch.chdir(tmp_path)
     model = SPEC.build()
     groups = list(current_groups(model, build_graph(model, SPEC.example_inputs())))
@@ -32,7 +34,7 @@ def test_every_group_is_in_the_table_the_json_and_the_png(
         assert any(line.strip("│ ").startswith(group + " ") for line in out.splitlines()), group
     assert matplotlib.image.imread(png).shape[0] > 100
 
-    # Cached now: the JSON of a second call costs no measurement and holds the same groups.
+    # The JSON of a second call holds the same groups.
     assert main(["sensitivity", "--base-checkpoint", str(trained_base), "--out", str(png),
                  "--format", "json"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)

@@ -187,10 +187,12 @@ def _search_config(args: argparse.Namespace) -> SearchConfig:
 
 @verb("search")
 def cmd_search(args: argparse.Namespace) -> int:
+    config = _search_config(args)
+    config.validate()  # a mistyped flag is told before torch and Optuna are imported
+
     from autoprune import study as studies
     from autoprune.runner import search
 
-    config = _search_config(args)
     outcome = search(
         config,
         quiet=args.quiet,
