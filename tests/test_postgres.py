@@ -130,7 +130,7 @@ def test_search_resume_show_and_export_with_postgres(
     search = [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(trained_base),
         "--dataset", "mnist5k", "--space", FAST_SPACE, "--trials", "2", "--executor", "local",
-        "--storage", postgres_url, "--study", "pg", "--quiet", "--cpus-per-trial", "2",
+        "--storage", postgres_url, "--study", "pg", "--quiet", "--cpus-per-trial", "2", "--screen", "1",
     ]  # fmt: skip
     assert main(search) == 0
     study = optuna.load_study(study_name="pg", storage=postgres_url)
@@ -177,7 +177,7 @@ def test_two_drivers_share_one_study_without_clobbering_each_other(
         sys.executable, "-m", "autoprune", "search", "--budget-flops", "0.5",
         "--base-checkpoint", str(trained_base), "--dataset", "mnist5k", "--space", FAST_SPACE,
         "--trials", "4", "--executor", "local", "--storage", postgres_url, "--study", "shared",
-        "--quiet", "--cpus-per-trial", "1",
+        "--quiet", "--cpus-per-trial", "1", "--screen", "1",
     ]  # fmt: skip
     env = {**os.environ, "AUTOPRUNE_HOME": str(tmp_path / "studies")}
     procs: list[subprocess.Popen[str]] = []
@@ -298,7 +298,7 @@ def test_a_server_restart_during_a_search_loses_and_doubles_nothing(
     """The server goes away while a trial trains and comes back a few seconds later: the
     driver's next storage call waits for it, and the search ends by itself, complete."""
     url = postgres_server.url
-    proc, err = _start_search(url, trained_base, tmp_path, "restart", trials=4, retry_s=120)
+    proc, err = _start_search(url, trained_base, tmp_path, "restart", trials=3, retry_s=120)
     try:
         _wait_until(lambda: _running_after_a_complete(url, "restart"), proc, err)
         before = _complete(_trials(url, "restart"))
@@ -317,7 +317,7 @@ def test_a_server_restart_during_a_search_loses_and_doubles_nothing(
     assert proc.returncode == 0, log
     assert "reconnected after" in log and "Traceback" not in log
     assert main(["resume", "restart", "--storage", url, "--quiet"]) == 0  # nothing left to do
-    _assert_intact(_trials(url, "restart"), before, total=4)
+    _assert_intact(_trials(url, "restart"), before, total=3)
 
 
 def test_a_server_gone_for_good_stops_the_search_with_one_line_and_resume_completes_it(

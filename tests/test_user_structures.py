@@ -59,6 +59,7 @@ def test_concat_se_network_searches_and_replays(
         "search", "--model", MODEL, "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--budget-flops", "0.5", "--trials", "4", "--space", str(space), "--executor", "local",
         "--storage", f"sqlite:///{db}", "--study", "u", "--quiet", "--cpus-per-trial", "2",
+        "--screen", "2",
     ]  # fmt: skip
     assert main(args) == 0
     trials = optuna.load_study(study_name="u", storage=f"sqlite:///{db}").get_trials()
