@@ -105,28 +105,7 @@ def project_to_budget(
         for n in names
     ]
     multiple = policy.channel_multiple
-    caps = [
-        allowed_removal(
-            max(
-                0,
-                min(
-                    c - 1,
-                    int(
-                        (
-                            max_rate.get(n, DEFAULT_MAX_RATE)
-                            if isinstance(max_rate, dict)
-                            else max_rate
-                        )
-                        * c
-                        + 1e-9
-                    ),
-                ),
-            ),
-            c,
-            multiple,
-        )
-        for n, c in zip(names, channels, strict=True)
-    ]
+    caps = _rate_caps(names, channels, max_rate, multiple)
     cap_text = (
         "the per-group caps" if isinstance(max_rate, dict) else f"the per-group cap of {max_rate}"
     )
@@ -149,51 +128,93 @@ def project_to_budget(
         # replayed as written, and the digest check after surgery says if anything differs.
         removed = as_written
     else:
-        if not any(r > 0 for r in raw):
-            raise UserError(
-                f"target_macs_ratio {wanted:g} needs pruning, but every group rate is 0: "
-                "give some groups a rate > 0"
-            )
+        removed = _scaled_counts(mm, owner, raw, caps, target, cap_text)
+    return _with_counts(policy, names, channels, removed, as_written)
 
-        def counts(scale: float) -> list[int]:
-            return [
-                allowed_removal(min(cap, int(scale * r * c + 1e-9)), c, multiple)
-                for r, c, cap in zip(raw, channels, caps, strict=True)
-            ]
 
-        s_max = (
-            max(cap / (r * c) for r, c, cap in zip(raw, channels, caps, strict=True) if r > 0)
-            + 1e-9
+def _rate_caps(
+    names: Sequence[str], channels: Sequence[int], max_rate: float | dict[str, float], multiple: int
+) -> list[int]:
+    """Per group, the most channels it may lose: ``max_rate`` of them (a number, or per group
+    name), at least one channel kept, rounded to the channel multiple."""
+    caps = []
+    for name, c in zip(names, channels, strict=True):
+        rate = max_rate.get(name, DEFAULT_MAX_RATE) if isinstance(max_rate, dict) else max_rate
+        caps.append(allowed_removal(max(0, min(c - 1, int(rate * c + 1e-9))), c, multiple))
+    return caps
+
+
+def _scaled_counts(
+    mm: MacsModel,
+    owner: ChannelBudget,
+    raw: list[float],
+    caps: list[int],
+    target: float,
+    cap_text: str,
+) -> list[int]:
+    """The raw rates scaled by one multiplier (bisection) to just under ``target`` (the
+    owner's target less the safety margin), then walked and refined channel by channel onto it.
+
+    Raises:
+        UserError: no rate is positive, the caps cannot reach the target, or no count lands
+            within the tolerance.
+    """
+    wanted, multiple, channels = owner.target, owner.multiple, mm.channels
+    if not any(r > 0 for r in raw):
+        raise UserError(
+            f"target_macs_ratio {wanted:g} needs pruning, but every group rate is 0: "
+            "give some groups a rate > 0"
         )
-        floor_ratio = mm.ratio(counts(s_max))
-        if floor_ratio > target + 1e-12:
-            raise UserError(
-                f"target_macs_ratio {wanted:.3f} is unreachable: with {cap_text} on the groups "
-                f"this policy prunes, the smallest reachable MACs ratio is {floor_ratio:.3f}; raise the target, "
-                "the cap, or give more groups a rate > 0"
-            )
-        lo, hi = 0.0, s_max  # ratio(counts(lo)) > target >= ratio(counts(hi))
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            if mm.ratio(counts(mid)) > target:
-                lo = mid
-            else:
-                hi = mid
-        # Walk one step (a channel, or a multiple's worth) at a time in the order the scaling
-        # would reach them, then trade channels between groups to close in on the target.
-        walked = owner.walk(counts(lo), [r * c for r, c in zip(raw, channels, strict=True)])
-        if walked is None:  # unreachable in principle: the cap check above guarantees progress
-            raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
-        removed = owner.refine(walked)
-        if not owner.accepts(removed):
-            removed = owner.nearest(removed) or removed
-        achieved = mm.ratio(removed)
-        if wanted - achieved > DEFAULT_TOLERANCE:
-            raise UserError(
-                f"target_macs_ratio {wanted:.3f} is unreachable within {DEFAULT_TOLERANCE:g}: removing one "
-                f"channel at a time from the groups this policy prunes goes from above the target "
-                f"to {achieved:.3f}; give more groups a rate > 0 or choose another target"
-            )
+
+    def counts(scale: float) -> list[int]:
+        return [
+            allowed_removal(min(cap, int(scale * r * c + 1e-9)), c, multiple)
+            for r, c, cap in zip(raw, channels, caps, strict=True)
+        ]
+
+    s_max = (
+        max(cap / (r * c) for r, c, cap in zip(raw, channels, caps, strict=True) if r > 0) + 1e-9
+    )
+    floor_ratio = mm.ratio(counts(s_max))
+    if floor_ratio > target + 1e-12:
+        raise UserError(
+            f"target_macs_ratio {wanted:.3f} is unreachable: with {cap_text} on the groups "
+            f"this policy prunes, the smallest reachable MACs ratio is {floor_ratio:.3f}; raise the target, "
+            "the cap, or give more groups a rate > 0"
+        )
+    lo, hi = 0.0, s_max  # ratio(counts(lo)) > target >= ratio(counts(hi))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if mm.ratio(counts(mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    # Walk one step (a channel, or a multiple's worth) at a time in the order the scaling
+    # would reach them, then trade channels between groups to close in on the target.
+    walked = owner.walk(counts(lo), [r * c for r, c in zip(raw, channels, strict=True)])
+    if walked is None:  # unreachable in principle: the cap check above guarantees progress
+        raise UserError(f"target_macs_ratio {wanted:.3f} is unreachable under {cap_text}")
+    removed = owner.refine(walked)
+    if not owner.accepts(removed):
+        removed = owner.nearest(removed) or removed
+    achieved = mm.ratio(removed)
+    if wanted - achieved > DEFAULT_TOLERANCE:
+        raise UserError(
+            f"target_macs_ratio {wanted:.3f} is unreachable within {DEFAULT_TOLERANCE:g}: removing one "
+            f"channel at a time from the groups this policy prunes goes from above the target "
+            f"to {achieved:.3f}; give more groups a rate > 0 or choose another target"
+        )
+    return removed
+
+
+def _with_counts(
+    policy: Policy,
+    names: Sequence[str],
+    channels: Sequence[int],
+    removed: list[int],
+    as_written: list[int],
+) -> Policy:
+    """``policy`` with each group's rate the exact fraction ``removed / channels``."""
     groups = {}
     for name, n, c in zip(names, removed, channels, strict=True):
         old = policy.groups.get(name)

@@ -117,94 +117,186 @@ def apply(
     criteria.check_policy(policy)
     if target is not None and macs_model is None:
         macs_model = MacsModel(model, inputs, base_macs, graph=graph)
-    base_channels = {name: len(g[0].idxs) for name, g in groups.items()}
-    multiple = policy.channel_multiple
-    steps = policy.schedule.iterative_steps
-    todo = {
-        name: _plan(name, gp, base_channels[name], multiple, steps)
-        for name, gp in policy.groups.items()
-    }
-    done: dict[str, list[int]] = {name: [] for name in todo}
-    # per group, the base channel each current channel is, and the base channels removed so far
-    survivors = {name: list(range(base_channels[name])) for name in todo}
-    gone: dict[str, list[int]] = {name: [] for name in todo}
-    applied = replace(policy, groups={k: replace(v) for k, v in policy.groups.items()})
-    ctx = ScoringContext.create(model, graph, policy, scoring)
-    removed: dict[str, list[int]] = {}
-    scoring_started = time.perf_counter()
-    # Loss-aware selection picks each group's criterion once, on the base model, even for a
-    # group whose first step removes nothing.
-    _resolve_auto(
-        applied,
-        {
-            n: view_of(n, groups[n], graph)
-            for n, plan in todo.items()
-            if sum(plan) > 0 and applied.groups[n].criterion == "auto"
-        },
-        ctx,
-    )
-    score_seconds = time.perf_counter() - scoring_started
-    for step in range(steps):
-        ctx.step = step
-        last = step == steps - 1
-        settling = last and target is not None
+    run = _Run.start(model, graph, groups, policy, scoring, macs_model)
+    for step in range(run.steps):
+        run.step(step)
+        if between_steps is not None and step < run.steps - 1:
+            between_steps(model, step)
+    return run.result()
+
+
+@dataclass
+class _Ledger:
+    """Per group, what pruning did so far, in the base model's channel numbering."""
+
+    survivors: dict[str, list[int]]  # the base channel each current channel is
+    gone: dict[str, list[int]]  # base channels removed so far, in order
+    done: dict[str, list[int]]  # channels removed at each step
+
+    @classmethod
+    def start(cls, base_channels: dict[str, int]) -> _Ledger:
+        return cls(
+            survivors={name: list(range(n)) for name, n in base_channels.items()},
+            gone={name: [] for name in base_channels},
+            done={name: [] for name in base_channels},
+        )
+
+    def remove(self, name: str, idxs: list[int]) -> None:
+        """Record that current channels ``idxs`` of group ``name`` went."""
+        dropped = set(idxs)
+        self.gone[name] += [self.survivors[name][k] for k in idxs]
+        self.survivors[name] = [c for k, c in enumerate(self.survivors[name]) if k not in dropped]
+
+
+@dataclass
+class _Run:
+    """One :func:`apply`: the plan per group and step, and the steps that carry it out."""
+
+    model: nn.Module
+    graph: Any  # torch-pruning's DependencyGraph of ``model``
+    groups: dict[str, Any]  # the current pruning groups, by name
+    policy: Policy  # as given
+    applied: Policy  # what is being applied (``auto`` resolved, rates as removed)
+    ctx: ScoringContext
+    macs_model: MacsModel | None
+    base_channels: dict[str, int]
+    todo: dict[str, list[int]]  # per group, channels to remove at each step
+    ledger: _Ledger
+    removed: dict[str, list[int]] = field(default_factory=dict)  # current indices at step 1
+    score_seconds: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        graph: Any,
+        groups: dict[str, Any],
+        policy: Policy,
+        scoring: ScoringInputs | None,
+        macs_model: MacsModel | None,
+    ) -> _Run:
+        all_channels = {name: len(g[0].idxs) for name, g in groups.items()}
+        steps = policy.schedule.iterative_steps
+        todo = {
+            name: _plan(name, gp, all_channels[name], policy.channel_multiple, steps)
+            for name, gp in policy.groups.items()
+        }
+        run = cls(
+            model=model,
+            graph=graph,
+            groups=groups,
+            policy=policy,
+            applied=replace(policy, groups={k: replace(v) for k, v in policy.groups.items()}),
+            ctx=ScoringContext.create(model, graph, policy, scoring),
+            macs_model=macs_model,
+            base_channels={name: all_channels[name] for name in todo},
+            todo=todo,
+            ledger=_Ledger.start({name: all_channels[name] for name in todo}),
+        )
+        # Loss-aware selection picks each group's criterion once, on the base model, even for
+        # a group whose first step removes nothing.
+        started = time.perf_counter()
+        _resolve_auto(
+            run.applied,
+            {
+                n: view_of(n, groups[n], graph)
+                for n, plan in todo.items()
+                if sum(plan) > 0 and run.applied.groups[n].criterion == "auto"
+            },
+            run.ctx,
+        )
+        run.score_seconds += time.perf_counter() - started
+        return run
+
+    @property
+    def steps(self) -> int:
+        return self.policy.schedule.iterative_steps
+
+    def step(self, step: int) -> None:
+        """Score the groups this step prunes, decide how many channels each loses, remove them."""
+        self.ctx.step = step
+        last = step == self.steps - 1
+        settling = last and self.policy.target_macs_ratio is not None
         if step > 0:
-            groups = current_groups(model, graph)
+            self.groups = current_groups(self.model, self.graph)
         # The last step of a budgeted policy ranks every group it prunes: settling on the
         # target may take a channel more, or one fewer, from any of them.
         views = {
-            name: view_of(name, groups[name], graph)
-            for name, plan in todo.items()
+            name: view_of(name, self.groups[name], self.graph)
+            for name, plan in self.todo.items()
             if plan[step] > 0 or (settling and sum(plan) > 0)
         }
+        scores = self.scores(views)
+        counts = self.counts(step, views, scores)
+        for name, plan in self.ledger.done.items():
+            plan.append(counts.get(name, 0))
+        # Prune in a fixed (policy) order; groups are independent so the order does not change
+        # which channels go, only the order of entries in the history.
+        for name in views:
+            if counts[name]:
+                self.remove(step, name, scores[name], counts[name])
+
+    def scores(self, views: dict[str, GroupView]) -> dict[str, torch.Tensor]:
+        """Every view's channel scores (each criterion computed once for all its groups), checked."""
+        if not views:
+            return {}
+        by_criterion: dict[str, list[GroupView]] = {}
+        for name, view in views.items():
+            by_criterion.setdefault(self.applied.groups[name].criterion, []).append(view)
+        started = time.perf_counter()
         scores: dict[str, torch.Tensor] = {}
-        if views:
-            by_criterion: dict[str, list[GroupView]] = {}
-            for name, view in views.items():
-                by_criterion.setdefault(applied.groups[name].criterion, []).append(view)
-            scoring_started = time.perf_counter()
-            for crit_name, crit_views in sorted(by_criterion.items()):
-                scores.update(ctx.scores(crit_name, crit_views))
-            score_seconds += time.perf_counter() - scoring_started
+        for crit_name, crit_views in sorted(by_criterion.items()):
+            scores.update(self.ctx.scores(crit_name, crit_views))
+        self.score_seconds += time.perf_counter() - started
         for name, view in views.items():
             s = scores[name].detach().float().cpu()
             if s.shape != (view.channels,) or not torch.isfinite(s).all():
                 raise RuntimeError(
-                    f"criterion '{applied.groups[name].criterion}' returned invalid scores for group {name}: "
-                    f"shape {tuple(s.shape)}, expected ({view.channels},), finite"
+                    f"criterion '{self.applied.groups[name].criterion}' returned invalid scores "
+                    f"for group {name}: shape {tuple(s.shape)}, expected ({view.channels},), finite"
                 )
             scores[name] = s
-        counts = {name: todo[name][step] for name in views}
+        return scores
+
+    def counts(
+        self, step: int, views: dict[str, GroupView], scores: dict[str, torch.Tensor]
+    ) -> dict[str, int]:
+        """Channels each scored group loses at ``step``: the plan's, the class threshold's
+        sparing, and on a budgeted policy's last step the count settled on the target."""
+        last = step == self.steps - 1
+        target = self.policy.target_macs_ratio
+        multiple = self.policy.channel_multiple
+        counts = {name: self.todo[name][step] for name in views}
         below = {
             name: int((scores[name] < threshold).sum())
             for name in views
-            if (threshold := _class_threshold(applied, name)) is not None
+            if (threshold := _class_threshold(self.applied, name)) is not None
         }
         if not last and any(below[n] < counts[n] for n in below):
             # The class-aware paper's loop: what the threshold spares now is offered again
             # after the next rescoring (and fine-tune, if any).
             for name, n_below in below.items():
                 if n_below < counts[name]:
-                    todo[name][step + 1] += counts[name] - n_below
+                    self.todo[name][step + 1] += counts[name] - n_below
                     counts[name] = n_below
-        elif settling:
-            assert macs_model is not None and target is not None
+        elif last and target is not None:
+            assert self.macs_model is not None
+            survivors = self.ledger.survivors
             # Current channels ranked lowest score first (ties by index), as base channels.
             orders = {
                 name: [survivors[name][int(k)] for k in torch.argsort(scores[name], stable=True)]
                 for name in views
             }
+            max_rate = self.policy.scoring.max_rate
             counts = _settle(
-                macs_model,
+                self.macs_model,
                 target,
                 counts,
                 below,
-                gone,
+                self.ledger.gone,
                 orders,
-                ctx.counters,
-                policy.scoring.max_rate
-                if policy.scoring.max_rate is not None
-                else DEFAULT_MAX_RATE,
+                self.ctx.counters,
+                max_rate if max_rate is not None else DEFAULT_MAX_RATE,
                 multiple,
             )
         elif last and any(below[n] < counts[n] for n in below):
@@ -215,51 +307,48 @@ def apply(
                         min(counts[n], b),
                         views[n].channels,
                         multiple,
-                        zero_ok=views[n].channels == base_channels[n],
+                        zero_ok=views[n].channels == self.base_channels[n],
                     )
                     for n, b in below.items()
                 }
             )
-        for name, plan in done.items():
-            plan.append(counts.get(name, 0))
-        # Prune in a fixed (policy) order; groups are independent so the order does not change
-        # which channels go, only the order of entries in the history.
-        for name in views:
-            n = counts[name]
-            if n == 0:
-                continue
-            order = torch.argsort(scores[name], stable=True)  # lowest first; ties by channel index
-            idxs = sorted(int(i) for i in order[:n])
-            if step == 0:
-                removed[name] = idxs
-            dropped = set(idxs)
-            gone[name] += [survivors[name][k] for k in idxs]
-            survivors[name] = [c for k, c in enumerate(survivors[name]) if k not in dropped]
-            root = groups[name][0].dep.target.module
-            pruning_group = graph.get_pruning_group(root, groups[name][0].dep.handler, idxs)
-            if not graph.check_pruning_group(pruning_group):
-                raise RuntimeError(f"torch-pruning refused to prune {n} channels of group {name}")
-            pruning_group.prune()
-        if between_steps is not None and not last:
-            between_steps(model, step)
-    # The applied rates (and, where the steps did not split them evenly, the counts per step)
-    # say what went, so an exported policy replays to the same channels.
-    for name, lost in gone.items():
-        n = len(lost)
-        if channels_to_remove(applied.groups[name].rate, base_channels[name]) != n:
-            applied.groups[name].rate = round(n / base_channels[name], 6)
-        if steps > 1 and done[name] != removal_schedule(n, steps):
-            applied.groups[name].steps = list(done[name])
-        else:
-            applied.groups[name].steps = None
-    return PruneResult(
-        model=model,
-        history=[list(h) for h in graph.pruning_history()],
-        policy=applied,
-        removed=removed,
-        counters=dict(ctx.counters),
-        score_seconds=score_seconds,
-    )
+        return counts
+
+    def remove(self, step: int, name: str, scores: torch.Tensor, n: int) -> None:
+        """Remove group ``name``'s ``n`` lowest-scored channels (ties by channel index)."""
+        order = torch.argsort(scores, stable=True)
+        idxs = sorted(int(i) for i in order[:n])
+        if step == 0:
+            self.removed[name] = idxs
+        self.ledger.remove(name, idxs)
+        first = self.groups[name][0]
+        pruning_group = self.graph.get_pruning_group(
+            first.dep.target.module, first.dep.handler, idxs
+        )
+        if not self.graph.check_pruning_group(pruning_group):
+            raise RuntimeError(f"torch-pruning refused to prune {n} channels of group {name}")
+        pruning_group.prune()
+
+    def result(self) -> PruneResult:
+        """What went, with the applied rates (and, where the steps did not split them evenly,
+        the counts per step) saying so, so an exported policy replays to the same channels."""
+        for name, lost in self.ledger.gone.items():
+            n = len(lost)
+            group = self.applied.groups[name]
+            if channels_to_remove(group.rate, self.base_channels[name]) != n:
+                group.rate = round(n / self.base_channels[name], 6)
+            done = self.ledger.done[name]
+            group.steps = (
+                list(done) if self.steps > 1 and done != removal_schedule(n, self.steps) else None
+            )
+        return PruneResult(
+            model=self.model,
+            history=[list(h) for h in self.graph.pruning_history()],
+            policy=self.applied,
+            removed=self.removed,
+            counters=dict(self.ctx.counters),
+            score_seconds=self.score_seconds,
+        )
 
 
 def _plan(name: str, gp: GroupPolicy, channels: int, multiple: int, steps: int) -> list[int]:

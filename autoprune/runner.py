@@ -14,6 +14,7 @@ from typing import Any
 
 from autoprune import ladder, prepare
 from autoprune import study as studies
+from autoprune.base import BaseCheckpoint
 from autoprune.baselines import enqueue_baselines
 from autoprune.config import SearchConfig
 from autoprune.data import canonical_name
@@ -22,7 +23,7 @@ from autoprune.export import export_front
 from autoprune.logs import Log
 from autoprune.progress import Progress
 from autoprune.sampler import make_sampler
-from autoprune.space import SearchSpace
+from autoprune.space import SearchSpace, SpaceContext
 from autoprune.storage import raise_if_lost
 
 
@@ -82,14 +83,7 @@ def search(
     sampler = make_sampler(config.sampler, config.seed, config.trials, _concurrent(config))
     storage = studies.open_storage(config.storage)
     base = prepare.resolve_base(config, log)
-    config = replace(
-        config,
-        model=base.spec.name,
-        base_checkpoint=str(Path(base.path).resolve()),
-        image_size=base.image_size(config.dataset, config.image_size),
-    )
-    if config.data_root:
-        config = replace(config, data_root=str(Path(config.data_root).resolve()))
+    config = _with_base(config, base)
     name = studies.study_name_for(config)
     if config.objective == "latency" and config.macs_target is None:
         stored = studies.stored_config(storage, name, config)
@@ -97,38 +91,16 @@ def search(
         config = replace(config, macs_target=target)  # explore brackets sample below it
     # An unreachable target stops here, in one line, before the study is touched.
     min_target = prepare.lowest_target(space, base, config, log)
-    study = studies.create_or_load(storage, name, config, sampler)
-    existing = studies.trial_count(study)
-    if existing:
-        # A sampler restarted with the seed it began with would draw the very parameters of
-        # the study's first trials again (all of them for `random`, the start-up ones for the
-        # others), and a second driver of a shared study would copy the first. Offsetting the
-        # seed by the trials already stored keeps runs reproducible and new draws new.
-        study.sampler = make_sampler(
-            config.sampler, config.seed + existing, config.trials, _concurrent(config)
-        )
-    studies.save_config(study, config)
-    studies.recover_stale_trials(study, log)
+    study = _open_study(storage, name, config, sampler, log)
     objective = prepare.objective_config(config, space)
     ctx = prepare.space_context(space, base, config, objective, min_target, log)
     url = config.storage or studies.default_storage_url()
     done = studies.complete_count(study)
     missing = config.trials - done
     if missing > 0 or baselines_only:
-        added = enqueue_baselines(study, space, ctx, baselines_only or config.baselines)
-        if added:
-            log(f"baselines enqueued first: {', '.join(added)}")
-        waiting = studies.waiting_baselines(study)
-        if baselines_only:
-            missing = len(waiting)
-            config = replace(config, trials=done + missing)
-            if not waiting:
-                log("every baseline of this space is in the study already")
-        elif len(waiting) >= missing:
-            log(
-                f"--trials {config.trials} leaves room for baselines only ({len(waiting)} waiting): "
-                "raise --trials to search"
-            )
+        config, missing = _enqueue_baselines(
+            study, space, ctx, config, missing, baselines_only, log
+        )
     screening = (
         f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
     )
@@ -145,6 +117,68 @@ def search(
         export_dir = Path(policies_dir) / name
         export_front(study, export_dir)
     return SearchOutcome(name, url, studies.complete_count(study), export_dir)
+
+
+def _with_base(config: SearchConfig, base: BaseCheckpoint) -> SearchConfig:
+    """``config`` naming its base exactly: the model, the checkpoint's absolute path, the image
+    size, and the data folder's absolute path (what the study stores for ``resume``)."""
+    config = replace(
+        config,
+        model=base.spec.name,
+        base_checkpoint=str(Path(base.path).resolve()),
+        image_size=base.image_size(config.dataset, config.image_size),
+    )
+    if config.data_root:
+        config = replace(config, data_root=str(Path(config.data_root).resolve()))
+    return config
+
+
+def _open_study(storage: Any, name: str, config: SearchConfig, sampler: Any, log: Log) -> Any:
+    """Create or load the study, store ``config`` on it and recover a dead driver's trials."""
+    study = studies.create_or_load(storage, name, config, sampler)
+    existing = studies.trial_count(study)
+    if existing:
+        # A sampler restarted with the seed it began with would draw the very parameters of
+        # the study's first trials again (all of them for `random`, the start-up ones for the
+        # others), and a second driver of a shared study would copy the first. Offsetting the
+        # seed by the trials already stored keeps runs reproducible and new draws new.
+        study.sampler = make_sampler(
+            config.sampler, config.seed + existing, config.trials, _concurrent(config)
+        )
+    studies.save_config(study, config)
+    studies.recover_stale_trials(study, log)
+    return study
+
+
+def _enqueue_baselines(
+    study: Any,
+    space: SearchSpace,
+    ctx: SpaceContext,
+    config: SearchConfig,
+    missing: int,
+    baselines_only: str | None,
+    log: Log,
+) -> tuple[SearchConfig, int]:
+    """Queue the baselines the study has not run; returns the config and trials to run.
+
+    A baselines-only run (``autoprune baselines``) runs exactly the waiting baselines, its
+    ``trials`` raised to make room for them (the stored config keeps its own).
+    """
+    added = enqueue_baselines(study, space, ctx, baselines_only or config.baselines)
+    if added:
+        log(f"baselines enqueued first: {', '.join(added)}")
+    waiting = studies.waiting_baselines(study)
+    if baselines_only:
+        if not waiting:
+            log("every baseline of this space is in the study already")
+        done = studies.complete_count(study)
+        return replace(config, trials=done + len(waiting)), len(waiting)
+    if len(waiting) >= missing:
+        log(
+            f"--trials {config.trials} leaves room for baselines only ({len(waiting)} waiting): "
+            "raise --trials to search"
+        )
+    return config, missing
 
 
 def _concurrent(config: SearchConfig) -> bool:

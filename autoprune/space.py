@@ -162,93 +162,15 @@ class SearchSpace:
         if "rate" in raw:
             space.rate = _range(raw["rate"], "rate", source, 0.0, 0.99)
         if raw.get("allocation") is not None:
-            a = raw["allocation"]
-            if not isinstance(a, dict) or set(a) - {"priors", "spread"} or "priors" not in a:
-                raise UserError(
-                    f"{source}: field 'allocation' must be {{priors: [{', '.join(PRIORS)}], spread: X}}"
-                )
-            names = _list(a["priors"], "allocation.priors", source)
-            bad = [str(n) for n in names if n not in PRIORS]
-            if bad:
-                raise UserError(
-                    f"{source}: field 'allocation.priors' has unknown {', '.join(bad)}; allowed: {', '.join(PRIORS)}"
-                )
-            space.priors = list(dict.fromkeys(str(n) for n in names))
-            space.spread = _float(
-                a.get("spread", space.spread), "allocation.spread", source, 0.0, 4.0
-            )
+            _read_allocation(space, raw["allocation"], source)
         if "max_rate" in raw:
             space.max_rate = _float(raw["max_rate"], "max_rate", source, 0.01, 0.99)
         if "criteria" in raw:
-            names = raw["criteria"]
-            known = [*criteria.available()]
-            if not isinstance(names, list) or not names:
-                raise UserError(
-                    f"{source}: field 'criteria' must be a non-empty list; allowed: {', '.join(known)}"
-                )
-            bad = [str(n) for n in names if n not in known]
-            if bad:
-                raise UserError(
-                    f"{source}: field 'criteria' has unknown {', '.join(bad)}; allowed: {', '.join(known)}"
-                )
-            space.criteria = [str(n) for n in names]
+            space.criteria = _criteria(raw["criteria"], source)
         if "target_macs_ratio" in raw:
-            t = raw["target_macs_ratio"]
-            if (
-                not isinstance(t, dict)
-                or set(t) - {"low", "relative_low", "explore"}
-                or {"low", "relative_low"} <= set(t)
-            ):
-                raise UserError(
-                    f"{source}: field 'target_macs_ratio' must be {{low: X, explore: SHARE}} or "
-                    "{relative_low: SHARE OF THE BUDGET, explore: SHARE} (the high end is "
-                    "--budget-flops)"
-                )
-            space.target_low = _float(
-                t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0
-            )
-            if "relative_low" in t:
-                space.relative_low = _float(
-                    t["relative_low"], "target_macs_ratio.relative_low", source, 0.01, 1.0
-                )
-            space.explore = _float(
-                t.get("explore", space.explore), "target_macs_ratio.explore", source, 0.0, 1.0
-            )
+            _read_target(space, raw["target_macs_ratio"], source)
         if "retrain" in raw:
-            r = raw["retrain"]
-            if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer", "distill"}:
-                raise UserError(
-                    f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}), "
-                    "regularizer (list) and distill ({alpha, temperature})"
-                )
-            if "distill" in r:
-                d = r["distill"]
-                if not isinstance(d, dict) or set(d) - {"alpha", "temperature"}:
-                    raise UserError(
-                        f"{source}: field 'retrain.distill' takes alpha (0..1) and temperature (> 0)"
-                    )
-                space.distill = Distill(
-                    alpha=_float(d.get("alpha", 0.0), "retrain.distill.alpha", source, 0.0, 1.0),
-                    temperature=_float(
-                        d.get("temperature", 4.0), "retrain.distill.temperature", source, 1e-3, 1e3
-                    ),
-                )
-            if "epochs" in r:
-                space.retrain_epochs = [
-                    _float(e, "retrain.epochs", source, 0.0, 1000.0)
-                    for e in _list(r["epochs"], "retrain.epochs", source)
-                ]
-            if "lr" in r:
-                space.retrain_lr = _range(r["lr"], "retrain.lr", source, 1e-6, 10.0)
-            if "regularizer" in r:
-                regs = [str(v) for v in _list(r["regularizer"], "retrain.regularizer", source)]
-                bad = [v for v in regs if v not in REGULARIZERS]
-                if bad:
-                    raise UserError(
-                        f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; "
-                        f"allowed: {', '.join(REGULARIZERS)}"
-                    )
-                space.regularizers = regs
+            _read_retrain(space, raw["retrain"], source)
         if "iterative_steps" in raw:
             steps = _list(raw["iterative_steps"], "iterative_steps", source)
             if not all(
@@ -261,17 +183,7 @@ class SearchSpace:
                 raw["class_threshold"], "class_threshold", source, 0.0, 1e6
             )
         if "depth" in raw and raw["depth"] is not None:
-            d = raw["depth"]
-            if not isinstance(d, dict) or set(d) - {"max_blocks_per_stage"}:
-                raise UserError(
-                    f"{source}: field 'depth' takes only max_blocks_per_stage (an integer >= 0)"
-                )
-            m = d.get("max_blocks_per_stage", 0)
-            if not isinstance(m, int) or isinstance(m, bool) or m < 0:
-                raise UserError(
-                    f"{source}: field 'depth.max_blocks_per_stage' must be an integer >= 0"
-                )
-            space.max_blocks_per_stage = m
+            space.max_blocks_per_stage = _max_blocks(raw["depth"], source)
         return space
 
     @property
@@ -514,6 +426,110 @@ def build_context(
         base=BaseRef(checkpoint=str(base.path), sha256=base.sha256),
         seed=seed,
     )
+
+
+def _read_allocation(space: SearchSpace, a: Any, source: str) -> None:
+    """``allocation: {priors: [...], spread: X}``: the priors sampled around, and how far."""
+    if not isinstance(a, dict) or set(a) - {"priors", "spread"} or "priors" not in a:
+        raise UserError(
+            f"{source}: field 'allocation' must be {{priors: [{', '.join(PRIORS)}], spread: X}}"
+        )
+    names = _list(a["priors"], "allocation.priors", source)
+    bad = [str(n) for n in names if n not in PRIORS]
+    if bad:
+        raise UserError(
+            f"{source}: field 'allocation.priors' has unknown {', '.join(bad)}; allowed: {', '.join(PRIORS)}"
+        )
+    space.priors = list(dict.fromkeys(str(n) for n in names))
+    space.spread = _float(a.get("spread", space.spread), "allocation.spread", source, 0.0, 4.0)
+
+
+def _criteria(names: Any, source: str) -> list[str]:
+    """``criteria: [...]``: registered criterion names, at least one."""
+    known = [*criteria.available()]
+    if not isinstance(names, list) or not names:
+        raise UserError(
+            f"{source}: field 'criteria' must be a non-empty list; allowed: {', '.join(known)}"
+        )
+    bad = [str(n) for n in names if n not in known]
+    if bad:
+        raise UserError(
+            f"{source}: field 'criteria' has unknown {', '.join(bad)}; allowed: {', '.join(known)}"
+        )
+    return [str(n) for n in names]
+
+
+def _read_target(space: SearchSpace, t: Any, source: str) -> None:
+    """``target_macs_ratio``: the explore floor (absolute or relative to the budget) and share."""
+    if (
+        not isinstance(t, dict)
+        or set(t) - {"low", "relative_low", "explore"}
+        or {"low", "relative_low"} <= set(t)
+    ):
+        raise UserError(
+            f"{source}: field 'target_macs_ratio' must be {{low: X, explore: SHARE}} or "
+            "{relative_low: SHARE OF THE BUDGET, explore: SHARE} (the high end is "
+            "--budget-flops)"
+        )
+    space.target_low = _float(
+        t.get("low", space.target_low), "target_macs_ratio.low", source, 0.01, 1.0
+    )
+    if "relative_low" in t:
+        space.relative_low = _float(
+            t["relative_low"], "target_macs_ratio.relative_low", source, 0.01, 1.0
+        )
+    space.explore = _float(
+        t.get("explore", space.explore), "target_macs_ratio.explore", source, 0.0, 1.0
+    )
+
+
+def _read_retrain(space: SearchSpace, r: Any, source: str) -> None:
+    """``retrain``: fine-tune epochs, learning-rate range, regularizers and distillation."""
+    if not isinstance(r, dict) or set(r) - {"epochs", "lr", "regularizer", "distill"}:
+        raise UserError(
+            f"{source}: field 'retrain' takes epochs (list), lr ({{low, high, log}}), "
+            "regularizer (list) and distill ({alpha, temperature})"
+        )
+    if "distill" in r:
+        d = r["distill"]
+        if not isinstance(d, dict) or set(d) - {"alpha", "temperature"}:
+            raise UserError(
+                f"{source}: field 'retrain.distill' takes alpha (0..1) and temperature (> 0)"
+            )
+        space.distill = Distill(
+            alpha=_float(d.get("alpha", 0.0), "retrain.distill.alpha", source, 0.0, 1.0),
+            temperature=_float(
+                d.get("temperature", 4.0), "retrain.distill.temperature", source, 1e-3, 1e3
+            ),
+        )
+    if "epochs" in r:
+        space.retrain_epochs = [
+            _float(e, "retrain.epochs", source, 0.0, 1000.0)
+            for e in _list(r["epochs"], "retrain.epochs", source)
+        ]
+    if "lr" in r:
+        space.retrain_lr = _range(r["lr"], "retrain.lr", source, 1e-6, 10.0)
+    if "regularizer" in r:
+        regs = [str(v) for v in _list(r["regularizer"], "retrain.regularizer", source)]
+        bad = [v for v in regs if v not in REGULARIZERS]
+        if bad:
+            raise UserError(
+                f"{source}: field 'retrain.regularizer' has unknown {', '.join(bad)}; "
+                f"allowed: {', '.join(REGULARIZERS)}"
+            )
+        space.regularizers = regs
+
+
+def _max_blocks(d: Any, source: str) -> int:
+    """``depth: {max_blocks_per_stage: N}``: residual blocks a stage may lose."""
+    if not isinstance(d, dict) or set(d) - {"max_blocks_per_stage"}:
+        raise UserError(
+            f"{source}: field 'depth' takes only max_blocks_per_stage (an integer >= 0)"
+        )
+    m = d.get("max_blocks_per_stage", 0)
+    if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+        raise UserError(f"{source}: field 'depth.max_blocks_per_stage' must be an integer >= 0")
+    return m
 
 
 def _criterion_param(unit: str) -> str:

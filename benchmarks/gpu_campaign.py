@@ -73,6 +73,9 @@ class Sizes:
     search_flags: tuple[str, ...] = ()  # more `autoprune search` flags
     autotune_pairs: int = 8  # pruned widths the autotune stage times each setting on
     throughput_fractions: tuple[float, ...] = FRACTIONS
+    # what the cuda_tests stage collects: the whole suite on the GPU; in the dry run the one
+    # file holding the cuda-marked tests (collecting all of them costs more than running these)
+    cuda_test_paths: tuple[str, ...] = ("tests",)
     # the default space with a twentieth of an epoch per fine-tune and no sensitivity pass
     tiny_space: bool = False
     # slices of the whole budget per stage (the rest of a slice a stage leaves goes on)
@@ -103,6 +106,7 @@ class Sizes:
             autotune_pairs=2,
             search_flags=("--baselines", "none", "--screen", "1"),
             tiny_space=True,
+            cuda_test_paths=("tests/test_gpu_data_path.py",),
         )
 
 
@@ -262,7 +266,9 @@ def junit_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def cuda_tests_stage(campaign: Campaign) -> Callable[[float], dict[str, Any]]:
+def cuda_tests_stage(
+    campaign: Campaign, paths: tuple[str, ...]
+) -> Callable[[float], dict[str, Any]]:
     def run(seconds: float) -> dict[str, Any]:
         report = campaign.out / "cuda-tests.xml"
         code, output = run_logged(
@@ -278,7 +284,7 @@ def cuda_tests_stage(campaign: Campaign) -> Callable[[float], dict[str, Any]]:
                 "no:cacheprovider",
                 "--continue-on-collection-errors",
                 f"--junitxml={report}",
-                "tests",
+                *paths,
             ],
             timeout=seconds,
         )
@@ -848,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     stages: dict[str, Callable[[float], dict[str, Any]]] = {
         "machine": machine_logged(campaign),
-        "cuda_tests": cuda_tests_stage(campaign),
+        "cuda_tests": cuda_tests_stage(campaign, sizes.cuda_test_paths),
         "throughput": throughput_stage(sizes, campaign),
         "autotune": autotune_stage(sizes, campaign),
         "searches": searches_stage(sizes, campaign),

@@ -227,4 +227,5 @@ def test_docstring_example_runs(
     )
     proc = run_python(example + check, timeout=600)
     assert "example ok" in proc.stdout
+    assert "sensitivity: pruning" not in proc.stdout, "the session's cached curves were read"
     assert (tmp_path / "pruned.pt").is_file() and (tmp_path / "best.yaml").is_file()

@@ -158,6 +158,34 @@ def policy_searcher(
     each that ends without a COMPLETE trial when ``refill``, and answers ``FINISHED`` once the
     study is full, the plan is done, or ``streak`` says the search stalled.
     """
+    source = BracketSource(study, space, ctx, config)
+    return _policy_search_class()(
+        progress,
+        source=source,
+        config=config,
+        planned=missing if missing is not None else config.trials - studies.complete_count(study),
+        refill=refill,
+        streak=streak or FailureStreak(study.study_name),
+        space=source,
+        metric=config.metric_names(),
+        mode=[d[:3] for d in config.directions()],  # "max", "min"
+        sampler=study.sampler,
+        seed=config.seed,
+        study_name=study.study_name,
+        storage=studies.storage_of(study),
+    )
+
+
+def _policy_search_class() -> type:
+    """The searcher's class, :class:`PolicySearch`; defined on first use, as Ray's
+    ``OptunaSearch`` it extends is imported only when a search uses Ray.
+
+    Everything an instance needs is passed to it (nothing is read from an enclosing scope):
+    Tune pickles the searcher, and what it holds must be plain state.
+    """
+    global _POLICY_SEARCH
+    if _POLICY_SEARCH is not None:
+        return _POLICY_SEARCH
     from ray import tune
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
@@ -170,18 +198,27 @@ def policy_searcher(
         records results itself has to read them, and this class is the one place that does.
         """
 
-        def __init__(self, progress: Progress | None, **kwargs: Any) -> None:
-            # ``progress`` is passed in, not read from the enclosing scope: Tune pickles this
-            # class by value, and a closure over the live display (terminal locks) cannot be.
+        def __init__(
+            self,
+            progress: Progress | None,
+            *,
+            source: BracketSource,
+            config: SearchConfig,
+            planned: int,
+            refill: bool,
+            streak: FailureStreak,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
+            self._source = source  # samples each bracket's trials and builds their policies
+            self._config = config
+            self._refill = refill
             self._recorded: set[str] = set()  # Tune trial ids whose result is in the study
             self._progress = progress
             self._extras: dict[str, list[Any]] = {}  # Tune trial id -> the bracket's other trials
             self._started: dict[str, float] = {}  # Tune trial id -> driver time it was asked
-            self._planned = (
-                missing if missing is not None else config.trials - studies.complete_count(study)
-            )  # brackets still to ask for
-            self._streak = streak or FailureStreak(study.study_name)
+            self._planned = planned  # brackets still to ask for
+            self._streak = streak
             self._tune_trials: dict[str, Any] = {}  # Tune trial id -> Tune's Trial (for errors)
 
         def __getstate__(self) -> dict[str, Any]:
@@ -223,18 +260,20 @@ def policy_searcher(
             # without reading the study.
             if self._planned <= 0:  # a bracket in flight may still fail and need a successor
                 return None if self._started else Searcher.FINISHED
-            if studies.complete_count(self._ot_study) >= config.trials:
+            if studies.complete_count(self._ot_study) >= self._config.trials:
                 return Searcher.FINISHED  # full (maybe by other drivers of a shared study)
             started = time.perf_counter()
-            source.study = self._ot_study
+            self._source.study = self._ot_study
             if super().suggest(trial_id) is None:  # samples the first trial with ``source``
                 return None
             trials = [self._ot_trials[trial_id]]
             try:
-                trials += source.extras()
-                policies = source.policies(trials)
+                trials += self._source.extras()
+                policies = self._source.policies(trials)
             except Exception as exc:  # a bug: no asked trial may stay RUNNING behind it
-                record(self._ot_study, trials, None, config, started, classify(exc, "sampling"))
+                record(
+                    self._ot_study, trials, None, self._config, started, classify(exc, "sampling")
+                )
                 self._recorded.add(trial_id)
                 raise
             self._extras[trial_id] = trials[1:]
@@ -256,7 +295,7 @@ def policy_searcher(
                 self._ot_study,
                 trials,
                 decoded,
-                config,
+                self._config,
                 self._started.pop(trial_id, time.perf_counter()),
                 failure,
                 self._progress,
@@ -264,7 +303,7 @@ def policy_searcher(
             self._recorded.add(trial_id)
             self._tune_trials.pop(trial_id, None)
             self._streak.update(trials, states)
-            if refill and TrialState.COMPLETE not in states:
+            if self._refill and TrialState.COMPLETE not in states:
                 self._planned += 1
 
         def _worker_failure(self, trial_id: str) -> Failure:
@@ -273,7 +312,7 @@ def policy_searcher(
             text = _stored_error_text(trial)
             attempts = trial.run_metadata.num_failures if trial is not None else 1
             retried = (
-                f"; Tune ran it {attempts} times (--max-failures {config.max_failures})"
+                f"; Tune ran it {attempts} times (--max-failures {self._config.max_failures})"
                 if attempts > 1
                 else ""
             )
@@ -289,17 +328,11 @@ def policy_searcher(
                 "(Ray's logs: studies/ray)",
             )
 
-    source = BracketSource(study, space, ctx, config)
-    return PolicySearch(
-        progress,
-        space=source,
-        metric=config.metric_names(),
-        mode=[d[:3] for d in config.directions()],  # "max", "min"
-        sampler=study.sampler,
-        seed=config.seed,
-        study_name=study.study_name,
-        storage=studies.storage_of(study),
-    )
+    _POLICY_SEARCH = PolicySearch
+    return PolicySearch
+
+
+_POLICY_SEARCH: type | None = None
 
 
 def _stored_error_text(trial: Any) -> str | None:
