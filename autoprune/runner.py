@@ -98,9 +98,7 @@ def search(
     done = studies.complete_count(study)
     missing = config.trials - done
     if missing > 0 or baselines_only:
-        config, missing = _enqueue_baselines(
-            study, space, ctx, config, missing, baselines_only, log
-        )
+        config, missing = _enqueue_baselines(study, space, ctx, config, done, baselines_only, log)
     screening = (
         f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
     )
@@ -155,11 +153,12 @@ def _enqueue_baselines(
     space: SearchSpace,
     ctx: SpaceContext,
     config: SearchConfig,
-    missing: int,
+    done: int,
     baselines_only: str | None,
     log: Log,
 ) -> tuple[SearchConfig, int]:
-    """Queue the baselines the study has not run; returns the config and trials to run.
+    """Queue the baselines the study has not run; returns the config and the trials to run,
+    given the ``done`` (COMPLETE) trials it holds.
 
     A baselines-only run (``autoprune baselines``) runs exactly the waiting baselines, its
     ``trials`` raised to make room for them (the stored config keeps its own).
@@ -171,8 +170,8 @@ def _enqueue_baselines(
     if baselines_only:
         if not waiting:
             log("every baseline of this space is in the study already")
-        done = studies.complete_count(study)
         return replace(config, trials=done + len(waiting)), len(waiting)
+    missing = config.trials - done
     if len(waiting) >= missing:
         log(
             f"--trials {config.trials} leaves room for baselines only ({len(waiting)} waiting): "

@@ -169,12 +169,8 @@ def one_trial_db(trained_base: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A study of one complete trial, searched once for the module (tests copy it)."""
     folder = tmp_path_factory.mktemp("one-trial")
     db = folder / "s.db"
-    before = Path.cwd()
-    os.chdir(folder)  # the search exports its front under ./policies
-    try:
-        assert main(_search_args(trained_base, db, 1)) == 0
-    finally:
-        os.chdir(before)
+    args = _search_args(trained_base, db, 1, "--policies-dir", str(folder / "policies"))
+    assert main(args) == 0
     return db
 
 
