@@ -43,7 +43,8 @@ pytest: setup
 
 test: lint typecheck pytest
 
-# The edit loop: the tests not marked slow (real searches, Ray, PostgreSQL, installs).
+# The edit loop, under 2 minutes: the tests not marked slow (real searches, Ray, PostgreSQL,
+# installs, training, fresh interpreters, models larger than ResNet-20; tests/conftest.py).
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 

@@ -27,6 +27,19 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+# The edit loop (``make test-fast``, ``-m "not slow"``) leaves out every test that needs one of
+# these fixtures, as if it were marked ``slow``: training the session's base costs about 30 s
+# (and its sensitivity curves 30 s more), and a fresh interpreter 5-10 s of imports.
+# ``make test`` runs them all.
+SLOW_FIXTURES = frozenset({"trained_base", "run_python", "autoprune_cli"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def autoprune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "studies"

@@ -5,8 +5,22 @@ Fixtures (``workdir``, ``trained_base``, ...) are in ``conftest.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 DATA = Path(__file__).parent / "data"
 # The search space real searches in tests use: 0.1-epoch fine-tunes, three criteria.
 FAST_SPACE = str(DATA / "fast_space.yaml")
+
+# Models a sweep leaves to ``make test`` (marked slow): each costs seconds where ResNet-20 and
+# the small user structures cost a fraction, and they add no new kind of layer to the edit loop
+# except MobileNetV2's depthwise convolutions, which the timm and deploy tests also cover.
+LARGE_MODELS = frozenset({"resnet32", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2"})
+
+
+def by_size(names: Iterable[str]) -> list[Any]:
+    """``names`` as ``parametrize`` values, the large models among them marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in LARGE_MODELS else n for n in names]

@@ -13,6 +13,7 @@ from functools import cache
 
 import pytest
 import torch
+from helpers import by_size
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -86,7 +87,7 @@ def raw_policies(draw: st.DrawFn, name: str) -> tuple[dict[str, float], float]:
 EXAMPLES = {"resnet20": 25, "resnet56": 15, "vgg16_bn": 15}
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", by_size(sorted(EXAMPLES)))
 def test_projection_lands_on_target_or_says_why(name: str) -> None:
     @settings(
         max_examples=EXAMPLES[name], deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -158,7 +159,7 @@ def test_projection_keeps_criteria_and_other_sections() -> None:
         assert projected.groups[name].rate == pytest.approx(n / c, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+@pytest.mark.parametrize("name", by_size(["resnet20", "resnet56"]))
 def test_projecting_a_projected_policy_changes_nothing(name: str) -> None:
     # Replay re-projects an exported (applied) policy; it must keep the exact rates it was measured with.
     a = arch(name)
@@ -270,7 +271,7 @@ def test_counting_reports_macs_and_params_of_the_base() -> None:
     assert a.model.training is False  # counting leaves the mode as it was
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("name", by_size(["resnet20", "mobilenetv2"]))
 def test_analytic_count_is_exact_and_independent_of_allocator_history(name: str) -> None:
     """The analytic MACs model is the same however memory was used before it was built.
 

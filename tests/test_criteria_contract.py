@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import by_size
 
 from autoprune import criteria, groups, prune
 from autoprune.criteria.calibration import Calibration
@@ -171,7 +172,7 @@ def _kept(result: prune.PruneResult, group: str) -> int:
     return int(getattr(module, "out_channels", getattr(module, "out_features", 0)))
 
 
-@pytest.mark.parametrize("model_name", ["resnet56", "vgg16_bn", "mobilenetv2"])
+@pytest.mark.parametrize("model_name", by_size(["resnet56", "vgg16_bn", "mobilenetv2"]))
 @pytest.mark.parametrize("criterion", [*SCORING, *SELECTION_RULES])
 def test_large_networks_pruned_by_the_scores_run(criterion: str, model_name: str) -> None:
     model, spec = build(model_name)

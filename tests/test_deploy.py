@@ -50,7 +50,7 @@ def _conv_weight_shapes(path: Path) -> list[tuple[int, ...]]:
     ("name", "shape", "drop"),
     [
         ("resnet20", (1, 28, 28), ["layer2.2"]),  # channel pruning after a block removal
-        ("mobilenetv2", (3, 32, 32), None),  # depthwise convolutions
+        pytest.param("mobilenetv2", (3, 32, 32), None, marks=pytest.mark.slow),  # depthwise
     ],
 )
 def test_pruned_checkpoint_exports_and_matches_pytorch(

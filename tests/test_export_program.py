@@ -61,6 +61,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "pruned.pt"
 
 
+@pytest.mark.slow  # fresh interpreter: make test runs it
 def test_the_program_loads_without_autoprune_and_matches_the_checkpoint(
     replayed: Path, tmp_path: Path
 ) -> None:

@@ -68,6 +68,7 @@ def test_the_dry_run_runs_every_stage_and_reports_them(tmp_path: Path) -> None:
     assert table in (out / "campaign.log").read_text()
 
 
+@pytest.mark.slow  # fresh interpreter: make test runs it
 def test_the_real_run_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
     import torch
 

@@ -121,6 +121,7 @@ def test_a_plain_pickle_that_would_run_a_command_is_refused_without_running_it(
     assert not marker.exists()
 
 
+@pytest.mark.slow  # fresh interpreter: make test runs it
 def test_torch_warnings_do_not_reach_stderr(tmp_path: Path) -> None:
     """In a fresh interpreter, as a user runs it: torch warns on pickle protocol 4 and asks
     to file an issue; stderr must hold our one line and nothing else."""

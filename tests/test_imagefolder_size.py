@@ -131,6 +131,7 @@ def test_a_fixed_size_dataset_accepts_its_own_size(mnist5k_splits: data.DataSpli
     assert data.create("mnist5k", image_size=28).input_shape == mnist5k_splits.input_shape
 
 
+@pytest.mark.slow  # a real search: make test runs it
 def test_search_resume_and_replay_reuse_the_base_checkpoints_size(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -181,6 +181,7 @@ def test_every_module_says_what_it_holds(name: str) -> None:
     assert doc and len(doc.splitlines()[0]) > 20, f"{name} needs a first docstring line"
 
 
+@pytest.mark.slow  # fresh interpreter: make test runs it
 def test_public_api_is_lazy() -> None:
     """``import autoprune`` loads none of torch, Optuna or Ray; a public name loads on use."""
     code = (

@@ -25,6 +25,7 @@ from functools import cache
 
 import pytest
 import torch
+from helpers import by_size
 from structures import STRUCTURES
 from torch import nn
 
@@ -80,7 +81,7 @@ def uneven_policy(a: Arch, budget: float, multiple: int, steps: int) -> Policy:
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("multiple", MULTIPLES)
 @pytest.mark.parametrize("budget", BUDGETS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_size(MODELS))
 def test_projection_contract(name: str, budget: float, multiple: int, steps: int) -> None:
     a = arch(name)
     policy = uneven_policy(a, budget, multiple, steps)

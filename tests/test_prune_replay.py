@@ -641,6 +641,7 @@ def test_inspect_lists_the_30_groups_of_resnet56(capsys: pytest.CaptureFixture[s
         assert f" {name} " in out, name
 
 
+@pytest.mark.slow  # fresh interpreter: make test runs it
 def test_inspect_json_is_machine_readable(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "autoprune", "inspect", "--model", "resnet56", "--json"],

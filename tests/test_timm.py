@@ -156,6 +156,7 @@ def test_depthwise_convs_are_pruned_with_their_producer_and_se_gate() -> None:
     assert result.model(torch.randn(2, *MNIST_SHAPE)).shape == (2, 10)
 
 
+@pytest.mark.slow  # every criterion on a timm model: make test runs it
 def test_every_criterion_prunes_the_depthwise_model() -> None:
     model, spec = build(DEPTHWISE)
     graph, views = views_of(model, spec)
