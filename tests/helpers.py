@@ -16,8 +16,8 @@ DATA = Path(__file__).parent / "data"
 FAST_SPACE = str(DATA / "fast_space.yaml")
 
 # Models a sweep leaves to ``make test`` (marked slow): each costs seconds where ResNet-20 and
-# the small user structures cost a fraction, and they add no new kind of layer to the edit loop
-# except MobileNetV2's depthwise convolutions, which the timm and deploy tests also cover.
+# the small user structures cost a fraction. The edit loop keeps every kind of layer they have:
+# the user structure ``separable_se_concat`` has MobileNetV2's depthwise convolutions.
 LARGE_MODELS = frozenset({"resnet32", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2"})
 
 
