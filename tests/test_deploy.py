@@ -46,11 +46,12 @@ def _conv_weight_shapes(path: Path) -> list[tuple[int, ...]]:
     ]
 
 
+@pytest.mark.slow  # an ONNX export and an ONNX Runtime session per model: make test runs it
 @pytest.mark.parametrize(
     ("name", "shape", "drop"),
     [
         ("resnet20", (1, 28, 28), ["layer2.2"]),  # channel pruning after a block removal
-        pytest.param("mobilenetv2", (3, 32, 32), None, marks=pytest.mark.slow),  # depthwise
+        ("mobilenetv2", (3, 32, 32), None),  # depthwise convolutions
     ],
 )
 def test_pruned_checkpoint_exports_and_matches_pytorch(

@@ -89,6 +89,7 @@ def test_torch_pruning_says_why_when_the_budget_is_out_of_its_reach() -> None:
 
 
 @pytest.mark.skipif("fastnas" in MISSING, reason=MISSING.get("fastnas", ""))
+@pytest.mark.slow  # ModelOpt's search, run by ModelOpt: make test runs it
 def test_fastnas_lands_under_the_budget_and_fine_tunes(tmp_path: Path) -> None:
     model = tiny()
     example = torch.zeros(1, 1, 8, 8)
