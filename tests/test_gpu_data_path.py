@@ -60,15 +60,18 @@ def small_resnet() -> nn.Module:
 
 
 class DtypeProbe:
-    """Records the input and output dtypes of the model's first convolution."""
+    """Records the input and output dtypes of the model's first convolution (in train mode only,
+    with ``training``: a fit's own eval-mode probe of the memory layout is not a training step)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, training: bool = False) -> None:
         self.seen: list[tuple[torch.dtype, torch.dtype]] = []
+        self.training = training
         conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         conv.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self.seen.append((inputs[0].dtype, output.dtype))
+        if module.training or not self.training:
+            self.seen.append((inputs[0].dtype, output.dtype))
 
     def take(self) -> set[tuple[torch.dtype, torch.dtype]]:
         seen, self.seen = set(self.seen), []
@@ -81,10 +84,11 @@ class DtypeProbe:
 def test_evaluation_is_float32_whatever_autocast_the_fine_tune_used() -> None:
     """Acceptance check 2: val accuracy no longer depends on the fine-tune's (device's) precision."""
     model, split = small_resnet(), digits()
-    probe = DtypeProbe(model)
+    probe = DtypeProbe(model, training=True)
     config = TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=16, precision="bf16")
     fit(model, split, config, CPU)
     assert probe.take() == {(torch.float32, torch.bfloat16)}, "the fine-tune ran under bf16"
+    probe.training = False
 
     result = evaluate(model, split, CPU, batch_size=20)
     assert probe.take() == {(torch.float32, torch.float32)}
@@ -157,16 +161,29 @@ def test_fp16_loss_scaling_skips_a_step_whose_gradients_overflow() -> None:
 # --------------------------------------------------------------------------- tensor loader
 
 
+def _record_layouts(model: nn.Module, training: bool = True) -> list[bool]:
+    """Whether each input of the model's first BatchNorm (in train or in eval mode) was
+    channels-last; the probe forward that decides the layout runs in eval mode. (A BatchNorm's
+    input has several channels: a one-channel image is both layouts at once.)"""
+    seen: list[bool] = []
+
+    def record(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if m.training == training:
+            x = args[0]
+            seen.append(
+                x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            )
+
+    next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)).register_forward_pre_hook(
+        record
+    )
+    return seen
+
+
 def channels_last_run(device: torch.device, precision: str) -> tuple[nn.Module, list[bool]]:
     """A fit in channels-last memory, recording whether each training input was channels-last."""
     model, split = small_resnet(), digits(64)
-    seen: list[bool] = []
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    conv.register_forward_pre_hook(
-        lambda m, args: seen.append(
-            m.training and args[0].is_contiguous(memory_format=torch.channels_last)
-        )
-    )
+    seen = _record_layouts(model)
     config = TrainConfig(
         Retrain(epochs=1, lr=0.01), batch_size=16, precision=precision, channels_last=True
     )
@@ -180,10 +197,66 @@ def test_channels_last_trains_in_nhwc_and_hands_the_model_back_contiguous() -> N
     weights = [p for p in model.parameters() if p.dim() == 4]
     assert all(w.is_contiguous() for w in weights), "pruning and saving get the default layout"
     plain = small_resnet()
-    fit(plain, digits(64), TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=16), CPU)
+    config = TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=16, channels_last=False)
+    fit(plain, digits(64), config, CPU)
     # NHWC kernels round differently; four SGD steps amplify that to ~1e-3 at most
     for a, b in zip(model.parameters(), plain.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-2), "the layout changes no result beyond rounding"
+
+
+class FlattensByView(nn.Module):
+    """A user's network that flattens a feature map with ``view``: NHWC strides cannot take it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_model_that_cannot_run_channels_last_trains_and_evaluates_in_the_default_layout() -> None:
+    torch.manual_seed(0)
+    model = FlattensByView()
+    model.to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="view"):  # what the layout would do to it
+        model(torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    model.to(memory_format=torch.contiguous_format)
+    seen = _record_layouts(model)
+    fit(model, digits(64), TrainConfig(Retrain(epochs=1, lr=0.01), batch_size=16), CPU)
+    recalibrate_batchnorm(model, digits(64), CPU, num_batches=2, batch_size=16)
+    assert seen and not any(seen)
+    assert 0.0 <= evaluate(model, digits(32, seed=1), CPU).accuracy <= 1.0
+    assert model.conv.weight.is_contiguous()
+
+
+def test_evaluation_and_recalibration_run_channels_last_and_change_nothing_but_rounding() -> None:
+    model, split = small_resnet(), digits(64)
+    seen = _record_layouts(model, training=False)
+    nhwc = evaluate(model, split, CPU)
+    assert seen and all(seen[1:]), "after the probe, every batch went in channels-last"
+    assert all(p.is_contiguous() for p in model.parameters()), "handed back in the default layout"
+    trained = _record_layouts(model)
+    recalibrate_batchnorm(model, digits(64, seed=2), CPU, num_batches=2, batch_size=16)
+    assert trained and all(trained)
+    stats = [b.running_mean.clone() for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
+    model.to(memory_format=torch.channels_last)  # an evaluation inside a fit keeps its layout
+    assert evaluate(model, split, CPU).samples == 64
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    plain = small_resnet()
+    recalibrate_batchnorm(plain, digits(64, seed=2), CPU, num_batches=2, batch_size=16)
+    with torch.no_grad():  # the same statistics and loss in the default layout, up to rounding
+        for a, b in zip(
+            stats,
+            [b.running_mean for b in plain.modules() if isinstance(b, nn.BatchNorm2d)],
+            strict=True,
+        ):
+            assert torch.allclose(a, b, atol=1e-4)
+    before = small_resnet().eval()
+    assert abs(nhwc.loss - F.cross_entropy(before(split.images), split.labels).item()) < 1e-4
 
 
 def test_crop_flip_is_torchvisions_random_crop_then_flip() -> None:
