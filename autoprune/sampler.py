@@ -18,9 +18,9 @@ def _startup(trials: int) -> int:
 
 
 def _tpe(seed: int, trials: int, concurrent: bool) -> Any:
-    import optuna
+    from autoprune.tpe import SearchedStartupTPE
 
-    return optuna.samplers.TPESampler(
+    return SearchedStartupTPE(
         seed=seed, multivariate=True, constant_liar=concurrent, n_startup_trials=_startup(trials)
     )
 
