@@ -11,6 +11,9 @@ from autoprune.errors import UserError
 from autoprune.sampler import SAMPLERS
 
 EXECUTORS = ("ray", "local")
+# Fine-tuned trials at the budget the proxy's ranking is measured on before --screen-floor can
+# pause screening (the six default baselines, say): fewer, and screening stays on.
+SCREEN_EVIDENCE = 6
 BASELINES = ("default", "all", "none")
 # What the search trades val accuracy against: the study's second (and third) objective.
 OBJECTIVES = {
@@ -64,6 +67,10 @@ class SearchConfig:
     loader_workers: int | None = None
     calibration_images: int = 256  # images data-driven criteria score on
     screen: int = 4  # candidates screened by the adaptive-BN proxy per fine-tuned trial (1: off)
+    # screening pauses while the proxy's Spearman with fine-tuned val accuracy, measured on the
+    # study's own trials at the budget (SCREEN_EVIDENCE of them at least), is below this: a
+    # proxy that cannot rank there only costs time (-1: always screen)
+    screen_floor: float = 0.3
     # successive halving over fine-tune length once the study is full: rung r fine-tunes the
     # best 1/eta of rung r-1's trials at the budget for eta**r times the epochs (1: no ladder)
     rungs: int = 1
@@ -144,6 +151,11 @@ class SearchConfig:
         if not 1 <= self.screen <= 64:
             raise UserError(
                 f"--screen {self.screen} must be in [1, 64]: candidates per fine-tuned trial (1 turns screening off)"
+            )
+        if not -1.0 <= self.screen_floor <= 1.0:
+            raise UserError(
+                f"--screen-floor {self.screen_floor} must be in [-1, 1]: the proxy's Spearman "
+                "below which screening pauses (-1: always screen)"
             )
         if not 1 <= self.rungs <= 5:
             raise UserError(

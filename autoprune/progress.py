@@ -88,6 +88,17 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.bar.stop()
 
+    def note(self, text: str) -> None:
+        """Say one line about the search (above the bar when it is live; nothing when quiet)."""
+        if self.quiet:
+            return
+        if self.lines:
+            sys.stdout.flush()
+            self.stream.write(f"{text}\n")
+            self.stream.flush()
+        else:
+            self.bar.console.print(text, markup=False, highlight=False)
+
     def update(
         self,
         done: int,

@@ -100,7 +100,10 @@ def search(
     if missing > 0 or baselines_only:
         config, missing = _enqueue_baselines(study, space, ctx, config, done, baselines_only, log)
     screening = (
-        f"; screening {config.screen} candidates per fine-tuned trial" if config.screen > 1 else ""
+        f"; screening {config.screen} candidates per fine-tuned trial while the proxy ranks "
+        f"(--screen-floor {config.screen_floor:g})"
+        if config.screen > 1
+        else ""
     )
     log(f"study '{name}' in {url}: {done} complete, running {max(missing, 0)} more{screening}")
     # A failed trial is replaced until the study is full; a baselines-only run asks no more

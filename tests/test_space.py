@@ -6,34 +6,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST_SPACE
+from helpers import FAST_SPACE, space_context
 
 from autoprune.errors import UserError
-from autoprune.modelspec import ModelSpec
 from autoprune.space import SearchSpace, SpaceContext, spaces_dir
-
-
-def _context(budget: float = 0.5, ranking: dict[str, list[str]] | None = None) -> SpaceContext:
-    from autoprune.models import create
-    from autoprune.prune import build_graph, current_groups
-
-    spec = ModelSpec("resnet20", 10, (1, 28, 28))
-    model = create("resnet20", num_classes=10, in_channels=1)
-    names = list(current_groups(model, build_graph(model, spec.example_inputs())))
-    stages = {n: ("a" if n.startswith(("conv1", "layer1")) else "b") for n in names}
-    priors = {
-        "uniform": {n: 0.5 for n in names},
-        "global": {n: 0.3 for n in names},
-        "sensitivity": {n: (0.1 if stages[n] == "a" else 0.6) for n in names},
-    }
-    return SpaceContext(
-        spec=spec,
-        budget=budget,
-        group_names=names,
-        group_stage=stages,
-        block_ranking=ranking or {},
-        priors=priors,
-    )
 
 
 def _sample(space: SearchSpace, ctx: SpaceContext, seed: int = 0, explore: bool = True) -> dict:
@@ -48,7 +24,7 @@ def _sample(space: SearchSpace, ctx: SpaceContext, seed: int = 0, explore: bool 
 @pytest.mark.parametrize("path", sorted(spaces_dir().glob("*.yaml")), ids=lambda p: p.stem)
 def test_bundled_spaces_load_and_sample_valid_policies(path: Path) -> None:
     space = SearchSpace.load(str(path))
-    ctx = _context()
+    ctx = space_context()
     params = _sample(space, ctx)
     policy = space.to_policy(params, ctx)
     assert set(policy.groups) == set(ctx.group_names)
@@ -65,13 +41,13 @@ def test_space_by_name_resolves_bundled_file() -> None:
 
 
 def test_sampling_is_deterministic_for_a_seed() -> None:
-    space, ctx = SearchSpace.load(FAST_SPACE), _context()
+    space, ctx = SearchSpace.load(FAST_SPACE), space_context()
     assert _sample(space, ctx, 3) == _sample(space, ctx, 3)
     assert _sample(space, ctx, 3) != _sample(space, ctx, 4)
 
 
 def test_stage_and_global_granularity_share_rates() -> None:
-    ctx = _context()
+    ctx = space_context()
     for granularity, units in (("stage", 2), ("global", 1)):
         space = SearchSpace.from_dict({"granularity": granularity, "criteria": ["l1"]})
         policy = space.to_policy(_sample(space, ctx), ctx)
@@ -80,12 +56,12 @@ def test_stage_and_global_granularity_share_rates() -> None:
 
 def test_global_criterion_is_one_choice() -> None:
     space = SearchSpace.from_dict({"criteria": ["l1", "fpgm", "taylor"], "criterion_per": "global"})
-    policy = space.to_policy(_sample(space, _context()), _context())
+    policy = space.to_policy(_sample(space, space_context()), space_context())
     assert len({g.criterion for g in policy.groups.values()}) == 1
 
 
 def test_dropped_blocks_remove_their_groups() -> None:
-    ctx = _context(ranking={"layer1": ["layer1.2", "layer1.1"]})
+    ctx = space_context(ranking={"layer1": ["layer1.2", "layer1.1"]})
     space = SearchSpace.from_dict({"criteria": ["l1"], "depth": {"max_blocks_per_stage": 2}})
     params = {**_sample(space, ctx), "drop:layer1": 2}
     policy = space.to_policy(params, ctx)
@@ -129,7 +105,7 @@ def test_target_low_above_budget_is_rejected() -> None:
 
 
 def test_non_explore_candidates_target_the_budget() -> None:
-    space, ctx = SearchSpace.load("default"), _context(budget=0.4)
+    space, ctx = SearchSpace.load("default"), space_context(budget=0.4)
     params = _sample(space, ctx, explore=False)
     assert "target_macs_ratio" not in params
     assert space.to_policy(params, ctx).target_macs_ratio == 0.4
@@ -145,7 +121,7 @@ def test_explore_share_is_spread_evenly_over_brackets() -> None:
 
 
 def test_prior_multipliers_scale_a_stage_of_the_prior() -> None:
-    space, ctx = SearchSpace.load("default"), _context()
+    space, ctx = SearchSpace.load("default"), space_context()
     params = {
         **_sample(space, ctx, explore=False),
         "prior": "sensitivity",
@@ -162,7 +138,7 @@ def test_prior_multipliers_scale_a_stage_of_the_prior() -> None:
 
 
 def test_criterion_per_stage_is_one_choice_per_stage() -> None:
-    space, ctx = SearchSpace.load("default"), _context()
+    space, ctx = SearchSpace.load("default"), space_context()
     params = _sample(space, ctx)
     assert {k for k in params if k.startswith("criterion")} == {"criterion:a", "criterion:b"}
     policy = space.to_policy(params, ctx)
@@ -173,7 +149,7 @@ def test_criterion_per_stage_is_one_choice_per_stage() -> None:
 
 
 def test_default_baselines_are_points_of_the_space_at_the_budget() -> None:
-    space, ctx = SearchSpace.load("default"), _context()
+    space, ctx = SearchSpace.load("default"), space_context()
     baselines = dict(space.baselines(ctx, "default"))
     assert list(baselines) == [
         "uniform-l1", "uniform-taylor", "uniform-energy", "uniform-relevance", "global-l1", "sensitivity-l1",
@@ -198,7 +174,7 @@ def test_raw_rate_spaces_offer_uniform_baselines_only() -> None:
     space = SearchSpace.from_dict(
         {"criteria": ["l1", "fpgm", "energy"], "rate": {"low": 0.0, "high": 0.8}}
     )
-    names = [n for n, _ in space.baselines(_context(), "default")]
+    names = [n for n, _ in space.baselines(space_context(), "default")]
     assert names == ["uniform-l1", "uniform-energy"]
 
 

@@ -243,6 +243,14 @@ def _search(sub: Sub) -> None:
         help="candidates scored by the adaptive-BN proxy per fine-tuned trial (default 4; 1: off)",
     )
     p.add_argument(
+        "--screen-floor",
+        type=float,
+        metavar="RHO",
+        help="screening pauses while the proxy's Spearman with fine-tuned val accuracy on this "
+        "study's trials at the budget is below RHO, measured once 6 are done (default 0.3; "
+        "-1: always screen)",
+    )
+    p.add_argument(
         "--rungs",
         type=int,
         metavar="R",

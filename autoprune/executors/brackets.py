@@ -8,17 +8,24 @@ scores all K by the adaptive-BN proxy and fine-tunes only the best
 That is one rung of successive halving with rate K, run inside one worker: Ray Tune's ASHA
 would launch a Tune trial per candidate (its per-trial overhead is about the cost of the
 proxy itself) and stops on one metric, and Optuna's pruners are single-objective.
+
+Screening pays only where the proxy ranks. Before each searched bracket the driver measures the
+proxy's Spearman with fine-tuned val accuracy on the study's own trials at the budget (every
+fine-tuned trial, baselines included, measures its proxy first); once
+:data:`~autoprune.config.SCREEN_EVIDENCE` of them are done and it is below ``--screen-floor``,
+brackets are single trials until it climbs back, so the time goes to fine-tuning instead.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from optuna.trial import TrialState
 
 from autoprune import study as studies
-from autoprune.config import SearchConfig
+from autoprune.config import SCREEN_EVIDENCE, SearchConfig
 from autoprune.errors import UserError
 from autoprune.executors.results import CANDIDATES
 from autoprune.failures import Failure
@@ -31,7 +38,12 @@ class BracketSource:
     """Asks trials for brackets: samples the first, decides its size, asks the rest."""
 
     def __init__(
-        self, study: Any, space: SearchSpace, ctx: SpaceContext, config: SearchConfig
+        self,
+        study: Any,
+        space: SearchSpace,
+        ctx: SpaceContext,
+        config: SearchConfig,
+        progress: Progress | None = None,
     ) -> None:
         self.study = study
         self.space = space
@@ -46,11 +58,32 @@ class BracketSource:
         )
         self.last_single = True
         self.last_target: float | None = None  # an explore bracket's sampled target
+        self.paused = False  # screening paused: the proxy did not rank (--screen-floor)
+        self.progress = progress  # where a pause or resumption of screening is said
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the searcher that holds this; the study (a live DB handle) is set again
-        # by the searcher before every use.
-        return {**self.__dict__, "study": None}
+        # by the searcher before every use, and the live progress display is left out.
+        return {**self.__dict__, "study": None, "progress": None}
+
+    def screens(self) -> bool:
+        """Whether the next searched bracket is screened: ``--screen`` above 1, unless the proxy
+        measurably fails to rank this study's fine-tuned trials (``--screen-floor``)."""
+        if self.config.screen <= 1:
+            return False
+        measured = studies.proxy_spearman(self.study)
+        if measured is None or measured[1] < SCREEN_EVIDENCE:
+            return True
+        rho, count = measured
+        paused = math.isnan(rho) or rho < self.config.screen_floor
+        if paused != self.paused and self.progress is not None:
+            self.progress.note(
+                f"screening {'paused' if paused else 'resumed'}: the proxy's Spearman with "
+                f"fine-tuned val accuracy is {rho:.2f} over {count} trials at the budget "
+                f"(--screen-floor {self.config.screen_floor:g})"
+            )
+        self.paused = paused
+        return not paused
 
     def __call__(self, trial: Any) -> None:
         """Sample the first trial of a bracket (Ray's ``OptunaSearch`` calls this as its space)."""
@@ -66,7 +99,7 @@ class BracketSource:
             explore = self.space.explores(self.searched)
             self.searched += 1
         self.space.sample(trial, self.ctx, explore=explore)
-        self.last_single = bool(baseline) or retry or promoted or self.config.screen <= 1
+        self.last_single = bool(baseline) or retry or promoted or not self.screens()
         self.last_target = trial.params.get("target_macs_ratio") if explore else None
 
     def extras(self) -> list[Any]:

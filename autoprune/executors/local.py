@@ -39,7 +39,7 @@ def run_local(
     Raises:
         UserError: too many brackets in a row failed (see :class:`FailureStreak`).
     """
-    source = BracketSource(study, space, ctx, config)
+    source = BracketSource(study, space, ctx, config, progress)
     streak = FailureStreak(study.study_name)
     planned = missing
     while planned > 0:

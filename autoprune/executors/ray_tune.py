@@ -154,7 +154,7 @@ def policy_searcher(
     """
     from autoprune.executors.searcher import PolicySearch
 
-    source = BracketSource(study, space, ctx, config)
+    source = BracketSource(study, space, ctx, config, progress)
     return PolicySearch(
         progress,
         source=source,
