@@ -1,0 +1,170 @@
+"""Two versions of the search, paired: does a change to autoprune find better policies?
+
+    git worktree add --detach ../before <rev>               # the code to compare against
+    PYTHONPATH=../before python benchmarks/search_ab.py run before --seeds 0 1 2
+    python benchmarks/search_ab.py run after --seeds 0 1 2   # this tree
+    python benchmarks/search_ab.py report before after       # the paired table
+
+``run LABEL`` runs, with whatever autoprune the interpreter imports, the ``peers_vs_search.py``
+``cpu`` profile's search (resnet20 on Fashion-MNIST, the ``fashion-mnist`` space, 14 trials of
+which 6 baselines, Ray, 2 at once, no ladder) at each budget and seed, then replays its best
+*searched* policy at the budget and the ``--baseline`` policy of the same study with the same
+final fine-tune (0.3 epochs, test split). Rows are appended to ``--out``/LABEL.jsonl, so the two
+versions run one after the other (alternate them per seed when the machine's speed drifts).
+``report A B`` prints, per budget, both versions' test accuracy and search wall (mean +- SE over
+seeds) and the paired difference B - A with its SE. The base (``autoprune train --model
+resnet20 --dataset fashion-mnist --epochs 10``) must exist under ``$AUTOPRUNE_HOME``; both
+versions must use the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+DATASET = "fashion-mnist"
+SPACE = "fashion-mnist"
+TRIALS = 14
+REPLAY_EPOCHS = 0.3
+
+
+def run(label: str, budgets: list[float], seeds: list[int], baseline: str, out: Path) -> None:
+    """Search and replay each (budget, seed) with the imported autoprune; append JSON rows."""
+    from autoprune import study as studies
+    from autoprune.base import default_base_path
+    from autoprune.checkpoint import replay
+    from autoprune.config import SearchConfig
+    from autoprune.records import TrialRecord
+    from autoprune.runner import search
+
+    base = default_base_path("resnet20", DATASET)
+    if not base.exists():
+        raise SystemExit(
+            f"no Fashion-MNIST base at {base}: autoprune train --model resnet20 --dataset "
+            f"{DATASET} --epochs 10"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / f'{label}.db').resolve()}"
+    for budget in budgets:
+        for seed in seeds:
+            name = f"ab-{label}-b{budget:g}-s{seed}"
+            config = SearchConfig(
+                model="resnet20", base_checkpoint=str(base), budget_flops=budget,
+                dataset=DATASET, space=SPACE, seed=seed, storage=storage, study=name,
+                trials=TRIALS,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            search(config, log=lambda _line: None, quiet=True, export=False)
+            wall = time.perf_counter() - t0
+            study = studies.load_study(studies.open_storage(storage), name)
+            rho = studies.proxy_spearman(study)
+            picks = [("searched", studies.best_searched(study, budget))]
+            picks += [
+                (baseline, t)
+                for t in studies.baseline_trials(study)
+                if TrialRecord.from_trial(t).baseline == baseline
+            ]
+            for method, trial in picks:
+                if trial is None:
+                    print(f"{name}: no searched trial at the budget")
+                    continue
+                policy = TrialRecord.from_trial(trial).applied_policy(trial.number)
+                assert policy is not None, f"trial {trial.number} stored no policy"
+                result = replay(
+                    policy, base_checkpoint=str(base), epochs=REPLAY_EPOCHS,
+                    out=out / "checkpoints" / f"{name}-{method}.pt", export_program_file=False,
+                    log=lambda _line: None,
+                )  # fmt: skip
+                row = {
+                    "label": label, "budget": budget, "seed": seed, "method": method,
+                    "trial": trial.number, "val_accuracy": float(trial.values[0]),
+                    "macs_ratio": float(trial.values[1]), "test_accuracy": result.test_accuracy,
+                    "search_wall_s": wall, "spearman": None if rho is None else rho[0],
+                    "screened_out": sum(t.state.name == "PRUNED" for t in study.trials),
+                }  # fmt: skip
+                print(json.dumps(row), flush=True)
+                with (out / f"{label}.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def _mean_se(values: list[float]) -> str:
+    if not values:
+        return "-"
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.4f} ± {se:.4f}"
+
+
+def _diff(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "-"
+    scaled = [scale * v for v in values]
+    se = statistics.stdev(scaled) / math.sqrt(len(scaled)) if len(scaled) > 1 else float("nan")
+    return f"{statistics.mean(scaled):+.{digits}f} ± {se:.{digits}f}"
+
+
+def report(a: str, b: str, out: Path) -> None:
+    """Per budget and method: A and B (mean ± SE over seeds), and B - A paired by seed."""
+    rows = {
+        label: [json.loads(line) for line in (out / f"{label}.jsonl").read_text().splitlines()]
+        for label in (a, b)
+    }
+    print(f"| B | method | {a} test | {b} test | {b} - {a}, pt (paired) | seeds |")
+    print("|---|---|---|---|---|---|")
+    keys = sorted({(r["budget"], r["method"]) for r in rows[a]}, key=lambda k: (-k[0], k[1]))
+    walls: dict[float, list[tuple[float, float]]] = {}
+    for budget, method in keys:
+        by_seed = {
+            label: {
+                r["seed"]: r for r in rows[label] if (r["budget"], r["method"]) == (budget, method)
+            }
+            for label in (a, b)
+        }
+        seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+        acc = {label: [by_seed[label][s]["test_accuracy"] for s in seeds] for label in (a, b)}
+        diffs = [y - x for x, y in zip(acc[a], acc[b], strict=True)]
+        print(
+            f"| {budget:g} | {method} | {_mean_se(acc[a])} | {_mean_se(acc[b])} | "
+            f"{_diff(diffs)} | {len(seeds)} |"
+        )
+        if method == "searched":
+            walls[budget] = [
+                (by_seed[a][s]["search_wall_s"], by_seed[b][s]["search_wall_s"]) for s in seeds
+            ]
+    print()
+    print(f"| B | {a} search s | {b} search s | {b} - {a}, s (paired) |")
+    print("|---|---|---|---|")
+    for budget, pairs in walls.items():
+        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+        d = [y - x for x, y in pairs]
+        print(
+            f"| {budget:g} | {statistics.mean(xs):.0f} | {statistics.mean(ys):.0f} | "
+            f"{_diff(d, scale=1.0, digits=0)} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    r = sub.add_parser("run", help="search and replay with the autoprune this interpreter imports")
+    r.add_argument("label", help="a name for this version's rows, e.g. before or after")
+    r.add_argument("--budgets", type=float, nargs="+", default=[0.2])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--baseline", default="uniform-relevance", help="the baseline replayed beside")
+    r.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
+    p = sub.add_parser("report", help="the paired table of two runs")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
+    args = parser.parse_args()
+    if args.verb == "run":
+        run(args.label, args.budgets, args.seeds, args.baseline, args.out)
+    else:
+        report(args.a, args.b, args.out)
+
+
+if __name__ == "__main__":
+    main()
