@@ -8,6 +8,10 @@ from a model fitted mostly on points that all sit at one corner of the space. He
 counts only searched candidates (screened-out ones included; baselines, retries and ladder rungs
 left out), so the first ``n_startup_trials`` of them spread over the space before TPE models it,
 and the baselines still inform the model from then on.
+
+It is the sampler ``tpe-spread``, not the default: starting TPE's model from the baselines, as
+Optuna's own count does, concentrates a short search around those good allocations, and on the
+cpu profile at B 0.2 (3 seeds, paired) plain TPE's winner was 0.53 +- 0.34 pt above this one's.
 """
 
 from __future__ import annotations

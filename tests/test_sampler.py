@@ -63,7 +63,7 @@ def test_start_up_is_counted_in_searched_candidates_not_baselines() -> None:
     """Six baselines (all at one corner, as a search's are) leave TPE's start-up untouched:
     the next searched candidates are the random sampler's own draws."""
     seed, startup = 3, 4  # make_sampler's start-up for 12 trials
-    tpe = make_sampler("tpe", seed, trials=12, concurrent=True)
+    tpe = make_sampler("tpe-spread", seed, trials=12, concurrent=True)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=tpe)
     for i in range(6):
         study.enqueue_trial({"x": 0.0})

@@ -207,7 +207,11 @@ def _search(sub: Sub) -> None:
         metavar="N",
         help="the study's total of fine-tuned trials, baselines included (default 20)",
     )
-    p.add_argument("--sampler", help="tpe, nsga2, gp or random (default tpe)")
+    p.add_argument(
+        "--sampler",
+        help="tpe, tpe-spread (random start-up spent on searched candidates, not baselines), "
+        "nsga2, gp or random (default tpe)",
+    )
     p.add_argument("--seed", type=int, help="sampler and policy seed (default 0)")
     p.add_argument("--executor", help=EXECUTOR_HELP)
     p.add_argument("--max-concurrent", type=int, metavar="N", help="trials at once (default 2)")
