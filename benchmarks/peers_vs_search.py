@@ -37,6 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search_ab  # a sibling script: the ablation table of docs/benchmarks.md)
+
 DATASET = "fashion-mnist"
 SEARCHED = "autoprune (searched)"
 NO_LADDER = "autoprune (searched, no ladder)"  # its winner at rung 0, when the search has a ladder
@@ -460,8 +462,11 @@ def plot(rows: list[dict], network: str, budget: float, path: Path) -> Path:
     return path
 
 
-def write_markdown(rows: list[dict], meta: dict, path: Path, images: Path) -> None:
-    """``docs/benchmarks.md``: generated from the JSON, never typed."""
+def write_markdown(
+    rows: list[dict], meta: dict, path: Path, images: Path, ablations: Path | None = None
+) -> None:
+    """``docs/benchmarks.md``: generated from the JSON, never typed; with ``ablations`` (the
+    folder of ``search_ab.py``'s rows) its table of the search's dimensions follows."""
     out = [
         "# Benchmarks: autoprune's searched winner against hand-written policies and peers",
         "",
@@ -488,6 +493,27 @@ def write_markdown(rows: list[dict], meta: dict, path: Path, images: Path) -> No
         out += ["| " + " | ".join(line) + " |" for line in lines]
         image = plot(rows, network, budget, images / f"{network}-b{budget:g}.png")
         out += ["", f"![{network} at {budget:g}]({os.path.relpath(image, path.parent)})", ""]
+    table_lines = search_ab.ablation_table(ablations) if ablations is not None else []
+    if table_lines:
+        out += [
+            "## Ablations: the search's own dimensions",
+            "",
+            f"Generated from `{ablations}/` (`python benchmarks/search_ab.py run LABEL --space "
+            "benchmarks/spaces/ablate-LABEL.yaml`; `ablations` prints this table). One change "
+            f"each to the `{search_ab.SPACE}` space (resnet20, {search_ab.TRIALS} trials of which "
+            "6 baselines, Ray, 2 at once, no ladder), paired by seed with the space as bundled "
+            f"(`{search_ab.CONTROL}`), on the same base and code. *Searched test*: the best "
+            f"searched policy at the budget replayed with {search_ab.REPLAY_EPOCHS:g} epochs of "
+            "fine-tune; *front hypervolume*: the feasible front's (val accuracy against MACs "
+            "ratio, reference at the base's MACs and accuracy 0.1); the search's wall is the cost, "
+            "which for the retrain budgets includes their longer fine-tunes. The levers built "
+            "for the search (ladder, distillation, BatchNorm re-estimation, constant liar, "
+            "channels-last, start-up, screening floor) are measured in "
+            "[performance.md](performance.md#search-levers-measured).",
+            "",
+            *table_lines,
+            "",
+        ]
     path.write_text("\n".join(out) + "\n")
 
 
@@ -524,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         print_tables(rows)
-        write_markdown(rows, meta, args.docs, args.images)
+        write_markdown(rows, meta, args.docs, args.images, args.out / "ab")
         return 0
 
     import torch
@@ -573,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budgets:  # a partial run: docs/benchmarks.md keeps the whole profile's tables
         print(f"\n{result} written in {time.perf_counter() - t0:.0f} s")
         return 0
-    write_markdown(rows, meta, args.docs, args.images)
+    write_markdown(rows, meta, args.docs, args.images, args.out / "ab")
     print(f"\n{result}, {args.docs} and {args.images}/ written in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -5,6 +5,11 @@
     python benchmarks/search_ab.py run after --seeds 0 1 2   # this tree
     python benchmarks/search_ab.py report before after       # the paired table
 
+An ablation runs one tree twice, the second time with one dimension of the search changed:
+``run depth --space benchmarks/spaces/ablate-depth.yaml`` against ``run default``, or
+``--sampler`` for the sampler's; ``ablations`` prints every one run so far against ``default``,
+the table ``peers_vs_search.py`` puts in docs/benchmarks.md.
+
 ``run LABEL`` runs, with whatever autoprune the interpreter imports, the ``peers_vs_search.py``
 ``cpu`` profile's search (resnet20 on Fashion-MNIST, the ``fashion-mnist`` space, 14 trials of
 which 6 baselines, Ray, 2 at once, no ladder) at each budget and seed, then replays its best
@@ -31,9 +36,34 @@ SPACE = "fashion-mnist"
 TRIALS = 14
 REPLAY_EPOCHS = 0.3
 
+# The ablations of the search's own dimensions, in the table's order: the label ``run`` writes
+# its rows under, and what it changes in the ``fashion-mnist`` space (benchmarks/spaces/ablate-
+# LABEL.yaml) or in the search. Each is paired with the label ``default`` (the space as bundled).
+CONTROL = "default"
+ABLATIONS: dict[str, str] = {
+    "criterion-per-group": "a criterion per group (`criterion_per: group`), not per stage",
+    "criterion-global": "one criterion for the network (`criterion_per: global`)",
+    "class-threshold": "`class_aware` among the criteria, its class threshold searched in [1, 5]",
+    "retrain-budget": "fine-tune epochs searched in {0.1, 0.2, 0.3}, iterative steps in {1, 2}",
+    "depth": "PLS-VIP block removal cascaded with channel pruning (`max_blocks_per_stage: 1`)",
+    "auto": "LAASP's loss-aware selection (`auto`) among the criteria, chosen once on the base",
+    "tpe-univariate": "TPE without `multivariate` (`--sampler tpe-univariate`)",
+}
 
-def run(label: str, budgets: list[float], seeds: list[int], baseline: str, out: Path) -> None:
-    """Search and replay each (budget, seed) with the imported autoprune; append JSON rows."""
+
+def run(
+    label: str,
+    budgets: list[float],
+    seeds: list[int],
+    baseline: str,
+    out: Path,
+    space: str = SPACE,
+    sampler: str = "tpe",
+) -> None:
+    """Search and replay each (budget, seed) with the imported autoprune; append JSON rows.
+
+    ``space`` and ``sampler`` change the search itself: an ablation runs the same code twice,
+    once with the default and once with one dimension changed (``benchmarks/spaces/``)."""
     from autoprune import study as studies
     from autoprune.base import default_base_path
     from autoprune.checkpoint import replay
@@ -54,14 +84,15 @@ def run(label: str, budgets: list[float], seeds: list[int], baseline: str, out: 
             name = f"ab-{label}-b{budget:g}-s{seed}"
             config = SearchConfig(
                 model="resnet20", base_checkpoint=str(base), budget_flops=budget,
-                dataset=DATASET, space=SPACE, seed=seed, storage=storage, study=name,
-                trials=TRIALS,
+                dataset=DATASET, space=space, seed=seed, storage=storage, study=name,
+                trials=TRIALS, sampler=sampler,
             )  # fmt: skip
             t0 = time.perf_counter()
             search(config, log=lambda _line: None, quiet=True, export=False)
             wall = time.perf_counter() - t0
             study = studies.load_study(studies.open_storage(storage), name)
             rho = studies.proxy_spearman(study)
+            front_hv = studies.front_hypervolume(studies.pareto_front(study))
             picks = [("searched", studies.best_searched(study, budget))]
             picks += [
                 (baseline, t)
@@ -80,11 +111,13 @@ def run(label: str, budgets: list[float], seeds: list[int], baseline: str, out: 
                     log=lambda _line: None,
                 )  # fmt: skip
                 row = {
-                    "label": label, "budget": budget, "seed": seed, "method": method,
+                    "label": label, "space": space, "sampler": sampler,
+                    "budget": budget, "seed": seed, "method": method,
                     "trial": trial.number, "val_accuracy": float(trial.values[0]),
                     "macs_ratio": float(trial.values[1]), "test_accuracy": result.test_accuracy,
                     "search_wall_s": wall, "spearman": None if rho is None else rho[0],
                     "screened_out": sum(t.state.name == "PRUNED" for t in study.trials),
+                    "front_hypervolume": front_hv,
                 }  # fmt: skip
                 print(json.dumps(row), flush=True)
                 with (out / f"{label}.jsonl").open("a") as f:
@@ -116,6 +149,7 @@ def report(a: str, b: str, out: Path) -> None:
     print("|---|---|---|---|---|---|")
     keys = sorted({(r["budget"], r["method"]) for r in rows[a]}, key=lambda k: (-k[0], k[1]))
     walls: dict[float, list[tuple[float, float]]] = {}
+    volumes: dict[float, list[tuple[float, float]]] = {}
     for budget, method in keys:
         by_seed = {
             label: {
@@ -134,6 +168,12 @@ def report(a: str, b: str, out: Path) -> None:
             walls[budget] = [
                 (by_seed[a][s]["search_wall_s"], by_seed[b][s]["search_wall_s"]) for s in seeds
             ]
+            # Rows written before the hypervolume was recorded have none.
+            volumes[budget] = [
+                (by_seed[a][s]["front_hypervolume"], by_seed[b][s]["front_hypervolume"])
+                for s in seeds
+                if "front_hypervolume" in by_seed[a][s] and "front_hypervolume" in by_seed[b][s]
+            ]
     print()
     print(f"| B | {a} search s | {b} search s | {b} - {a}, s (paired) |")
     print("|---|---|---|---|")
@@ -144,6 +184,65 @@ def report(a: str, b: str, out: Path) -> None:
             f"| {budget:g} | {statistics.mean(xs):.0f} | {statistics.mean(ys):.0f} | "
             f"{_diff(d, scale=1.0, digits=0)} |"
         )
+    if any(volumes.values()):
+        print()
+        print(f"| B | {a} front hypervolume | {b} front hypervolume | {b} - {a} (paired) |")
+        print("|---|---|---|---|")
+        for budget, pairs in volumes.items():
+            if pairs:
+                xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+                d = [y - x for x, y in pairs]
+                print(
+                    f"| {budget:g} | {_mean_se(xs)} | {_mean_se(ys)} | "
+                    f"{_diff(d, scale=1.0, digits=4)} |"
+                )
+
+
+def _load(out: Path, label: str) -> list[dict]:
+    path = out / f"{label}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def ablation_table(out: Path) -> list[str]:
+    """Markdown lines: each ablation of :data:`ABLATIONS` run so far against ``default``.
+
+    Per row: the searched winner's replayed test accuracy with and without the change, their
+    paired difference (mean ± SE over the seeds both ran), the same for the front's
+    hypervolume, and the search's wall as its cost. Empty when ``default`` has no rows.
+    """
+    control = _load(out, CONTROL)
+    if not control:
+        return []
+    lines = [
+        "| dimension | change | B | searched test, default | with it | paired, pt | "
+        "front hypervolume, paired | search s, default -> with it | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, change in ABLATIONS.items():
+        arm = _load(out, label)
+        for budget in sorted({r["budget"] for r in arm}, reverse=True):
+
+            def searched(rows: list[dict], budget: float = budget) -> dict[int, dict]:
+                return {
+                    r["seed"]: r
+                    for r in rows
+                    if r["budget"] == budget and r["method"] == "searched"
+                }
+
+            a, b = searched(control), searched(arm)
+            seeds = sorted(set(a) & set(b))
+            if not seeds:
+                continue
+            acc = [a[s]["test_accuracy"] for s in seeds], [b[s]["test_accuracy"] for s in seeds]
+            hv = [b[s]["front_hypervolume"] - a[s]["front_hypervolume"] for s in seeds]
+            wall = [a[s]["search_wall_s"] for s in seeds], [b[s]["search_wall_s"] for s in seeds]
+            lines.append(
+                f"| {label} | {change} | {budget:g} | {_mean_se(acc[0])} | {_mean_se(acc[1])} | "
+                f"{_diff([y - x for x, y in zip(*acc, strict=True)])} | "
+                f"{_diff(hv, scale=1.0, digits=4)} | "
+                f"{statistics.mean(wall[0]):.0f} -> {statistics.mean(wall[1]):.0f} | {len(seeds)} |"
+            )
+    return lines
 
 
 def main() -> None:
@@ -155,15 +254,23 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--baseline", default="uniform-relevance", help="the baseline replayed beside")
     r.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
+    r.add_argument(
+        "--space", default=SPACE, help="a bundled space or a YAML path (benchmarks/spaces/)"
+    )
+    r.add_argument("--sampler", default="tpe", help="the search's sampler (autoprune.sampler)")
     p = sub.add_parser("report", help="the paired table of two runs")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
+    t = sub.add_parser("ablations", help="every ablation run so far against default")
+    t.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
     args = parser.parse_args()
     if args.verb == "run":
-        run(args.label, args.budgets, args.seeds, args.baseline, args.out)
-    else:
+        run(args.label, args.budgets, args.seeds, args.baseline, args.out, args.space, args.sampler)
+    elif args.verb == "report":
         report(args.a, args.b, args.out)
+    else:
+        print("\n".join(ablation_table(args.out)) or f"no {CONTROL} rows in {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import search_ab
 
 
-def _rows(path: Path, label: str, searched: list[float], walls: list[float]) -> None:
+def _rows(
+    path: Path,
+    label: str,
+    searched: list[float],
+    walls: list[float],
+    volumes: list[float] | None = None,
+) -> None:
     rows = []
     for seed, (acc, wall) in enumerate(zip(searched, walls, strict=True)):
         for method, test in (("searched", acc), ("uniform-relevance", 0.88)):
@@ -22,6 +28,8 @@ def _rows(path: Path, label: str, searched: list[float], walls: list[float]) -> 
                 "val_accuracy": 0.9, "macs_ratio": 0.199, "test_accuracy": test,
                 "search_wall_s": wall, "spearman": 0.5, "screened_out": 3,
             })  # fmt: skip
+            if volumes is not None:
+                rows[-1]["front_hypervolume"] = volumes[seed]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -39,3 +47,58 @@ def test_report_pairs_the_two_versions_by_seed(
     assert baseline.endswith("| +0.00 ± 0.00 | 3 |")
     # walls -100, -60, -90 s: mean -83, SE 12
     assert lines[-1] == "| 0.2 | 300 | 217 | -83 ± 12 |"
+
+
+def test_report_pairs_front_hypervolumes_where_both_runs_recorded_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    walls = [100.0, 100.0, 100.0]
+    _rows(tmp_path / "old.jsonl", "old", [0.88, 0.88, 0.88], walls)
+    _rows(tmp_path / "default.jsonl", "default", [0.88, 0.88, 0.88], walls, [0.60, 0.62, 0.61])
+    _rows(tmp_path / "depth.jsonl", "depth", [0.88, 0.88, 0.88], walls, [0.62, 0.62, 0.64])
+    search_ab.report("old", "default", tmp_path)
+    assert "hypervolume" not in capsys.readouterr().out  # the old rows have none
+    search_ab.report("default", "depth", tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    # per seed +0.02, 0.00, +0.03: mean +0.0167, SE 0.0088
+    assert lines[-1] == "| 0.2 | 0.6100 ± 0.0058 | 0.6267 ± 0.0067 | +0.0167 ± 0.0088 |"
+
+
+def test_the_ablation_table_pairs_each_run_dimension_with_default(tmp_path: Path) -> None:
+    walls = [200.0, 210.0, 220.0]
+    _rows(tmp_path / "default.jsonl", "default", [0.880, 0.890, 0.885], walls, [0.60, 0.61, 0.62])
+    # depth ran two seeds only: its row pairs those two
+    _rows(tmp_path / "depth.jsonl", "depth", [0.890, 0.880], [250.0, 250.0], [0.62, 0.61])
+    assert search_ab.ablation_table(tmp_path / "nothing") == []
+    lines = search_ab.ablation_table(tmp_path)
+    assert len(lines) == 3, "header, rule and one row: dimensions not run have none"
+    row = lines[2].split(" | ")
+    assert row[0] == "| depth" and "PLS-VIP" in row[1] and row[2] == "0.2"
+    # seeds 0, 1: +1.0 and -1.0 pt -> +0.00 ± 1.00; hypervolume +0.02, 0.00 -> +0.0100 ± 0.0100
+    assert row[3:9] == [
+        "0.8850 ± 0.0050", "0.8850 ± 0.0050", "+0.00 ± 1.00", "+0.0100 ± 0.0100", "205 -> 250", "2 |"
+    ]  # fmt: skip
+
+
+def test_benchmarks_md_carries_the_ablation_table_when_rows_exist(tmp_path: Path) -> None:
+    import peers_vs_search
+
+    ab = tmp_path / "ab"
+    ab.mkdir()
+    _rows(ab / "default.jsonl", "default", [0.88, 0.89, 0.88], [200.0] * 3, [0.6, 0.6, 0.6])
+    _rows(ab / "auto.jsonl", "auto", [0.89, 0.89, 0.89], [230.0] * 3, [0.6, 0.6, 0.6])
+    rows = [
+        {"network": "resnet20", "budget": 0.2, "seed": 0, "method": "uniform-l1", "kind": "uniform",
+         "test_images": 10000, "test_accuracy": 0.88, "val_accuracy": 0.88, "macs_ratio": 0.2,
+         "select_wall_s": 1.0, "select_epochs": 0.1, "finetune_wall_s": 1.0,
+         "finetune_epochs": 0.3},
+    ]  # fmt: skip
+    meta = {"command": "c", "profile": "cpu", "date": "d", "machine": "m", "torch": "t",
+            "settings": {"replay_epochs": 0.3}}  # fmt: skip
+    doc = tmp_path / "benchmarks.md"
+    peers_vs_search.write_markdown(rows, meta, doc, tmp_path / "images", ab)
+    text = doc.read_text()
+    assert "## Ablations: the search's own dimensions" in text
+    assert "| auto | LAASP's loss-aware selection" in text and "| +0.67 ± 0.33 |" in text
+    peers_vs_search.write_markdown(rows, meta, doc, tmp_path / "images", tmp_path / "none")
+    assert "Ablations" not in doc.read_text()
