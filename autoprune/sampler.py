@@ -25,6 +25,16 @@ def _tpe(seed: int, trials: int, concurrent: bool) -> Any:
     )
 
 
+def _tpe_univariate(seed: int, trials: int, concurrent: bool) -> Any:
+    """TPE with one density per parameter (Optuna's default) instead of a joint one: the
+    ablation of ``multivariate`` (docs/benchmarks.md)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=False, constant_liar=concurrent, n_startup_trials=_startup(trials)
+    )
+
+
 def _tpe_spread(seed: int, trials: int, concurrent: bool) -> Any:
     """TPE whose random start-up is spent on searched candidates, not on the baselines
     (:mod:`autoprune.tpe`). Not the default: on the cpu profile at B 0.2 its winner was
@@ -58,6 +68,7 @@ def _random(seed: int, trials: int, concurrent: bool) -> Any:
 SAMPLERS: dict[str, Callable[[int, int, bool], Any]] = {
     "tpe": _tpe,
     "tpe-spread": _tpe_spread,
+    "tpe-univariate": _tpe_univariate,
     "nsga2": _nsga2,
     "gp": _gp,
     "random": _random,

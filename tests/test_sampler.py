@@ -90,3 +90,16 @@ def test_retries_and_ladder_rungs_are_not_searched_candidates() -> None:
     _told(study, 0.9, rung=1, promoted_from=0)
     _told(study, 0.9)
     assert searched_count(study) == 1
+
+
+@pytest.mark.parametrize(("name", "joint"), [("tpe", True), ("tpe-univariate", False)])
+def test_tpe_models_the_parameters_jointly_unless_univariate(name: str, joint: bool) -> None:
+    sampler = make_sampler(name, 0, trials=12, concurrent=False)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for _ in range(6):
+        trial = study.ask()
+        picked = [trial.suggest_categorical(f"criterion:{s}", CHOICES) for s in range(3)]
+        study.tell(trial, [picked.count("taylor") / 3, 0.5])
+    # The parameters TPE samples from one joint density: all of them, or none (one each).
+    relative = sampler.infer_relative_search_space(study, study.ask())
+    assert sorted(relative) == ([f"criterion:{s}" for s in range(3)] if joint else [])

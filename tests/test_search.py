@@ -179,7 +179,7 @@ def one_trial_db(trained_base: Path, tmp_path_factory: pytest.TempPathFactory) -
     [
         (["--budget-flops", "1.5"], "outside (0, 1]"),
         (["--budget-flops", "0"], "outside (0, 1]"),
-        (["--sampler", "annealing"], "allowed: tpe, tpe-spread, nsga2, gp, random"),
+        (["--sampler", "annealing"], "allowed: tpe, tpe-spread, tpe-univariate, nsga2, gp, random"),
         (["--space", "BADSPACE"], "unknown field(s) granularityy"),
         (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/postgres"], "cannot be opened"),
     ],

@@ -210,7 +210,7 @@ def _search(sub: Sub) -> None:
     p.add_argument(
         "--sampler",
         help="tpe, tpe-spread (random start-up spent on searched candidates, not baselines), "
-        "nsga2, gp or random (default tpe)",
+        "tpe-univariate (a density per parameter), nsga2, gp or random (default tpe)",
     )
     p.add_argument("--seed", type=int, help="sampler and policy seed (default 0)")
     p.add_argument("--executor", help=EXECUTOR_HELP)
