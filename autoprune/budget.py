@@ -226,6 +226,7 @@ def _with_counts(
             chosen_from=old.chosen_from if old else None,
             # the steps an applied policy records hold only for the count they add up to
             steps=old.steps if old and removed is as_written else None,
+            step_criteria=old.step_criteria if old else None,
         )
     return replace(policy, groups=groups)
 

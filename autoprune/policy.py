@@ -115,6 +115,9 @@ class GroupPolicy:
     # split the rate evenly (a class threshold, or the budget's last-step settling), so a
     # replay removes the same channels at the same steps
     steps: list[int] | None = None
+    # the criterion of each iterative step, set on applied policies where `auto`, re-selecting
+    # at every step, chose differently at different steps (``criterion`` is the first step's)
+    step_criteria: list[str] | None = None
 
 
 @dataclass
@@ -211,6 +214,8 @@ class Policy:
                 entry["chosen_from"] = list(g.chosen_from)
             if g.steps is not None:
                 entry["steps"] = list(g.steps)
+            if g.step_criteria is not None:
+                entry["step_criteria"] = list(g.step_criteria)
             groups[name] = entry
         out["groups"] = groups
         if self.depth.drop_blocks:
@@ -296,7 +301,9 @@ class Policy:
                 entry = {"rate": entry}
             if not isinstance(entry, dict):
                 raise UserError(f"{where} must be a mapping like {{rate: 0.3, criterion: l1}}")
-            _reject_unknown(entry, {"rate", "criterion", "chosen_from", "steps"}, where)
+            _reject_unknown(
+                entry, {"rate", "criterion", "chosen_from", "steps", "step_criteria"}, where
+            )
             rate = _number(entry.get("rate", 0.0), f"{where}.rate")
             if not 0.0 <= rate < 1.0:
                 raise UserError(
@@ -316,11 +323,21 @@ class Policy:
                     f"{where}.steps must be a list of channel counts >= 0, one per iterative step, "
                     f"got {steps!r}"
                 )
+            per_step = entry.get("step_criteria")
+            if per_step is not None and (
+                not isinstance(per_step, list)
+                or not all(isinstance(c, str) and c != "auto" for c in per_step)
+            ):
+                raise UserError(
+                    f"{where}.step_criteria must be a list of scoring criterion names, one per "
+                    f"iterative step, got {per_step!r}"
+                )
             groups[str(name)] = GroupPolicy(
                 rate=rate,
                 criterion=str(entry.get("criterion", "l1")),
                 chosen_from=[str(c) for c in chosen] if chosen is not None else None,
                 steps=list(steps) if steps is not None else None,
+                step_criteria=list(per_step) if per_step is not None else None,
             )
         target = raw.get("target_macs_ratio")
         if target is not None:
@@ -354,6 +371,16 @@ class Policy:
                 f"{source}: schedule.iterative_steps = {self.schedule.iterative_steps} must be >= 1"
             )
         self.retrain.validate(f"{source}: retrain")
+        for name, g in self.groups.items():
+            if (
+                g.step_criteria is not None
+                and len(g.step_criteria) != self.schedule.iterative_steps
+            ):
+                raise UserError(
+                    f"{source}: groups.{name}.step_criteria names {len(g.step_criteria)} criteria "
+                    f"for {self.schedule.iterative_steps} iterative steps: give one per step, or "
+                    "drop it to use the group's criterion at every step"
+                )
         if not 1 <= self.channel_multiple <= 256:
             raise UserError(
                 f"{source}: channel_multiple = {self.channel_multiple} must be in [1, 256] (e.g. 8)"

@@ -164,6 +164,8 @@ class _Run:
     ledger: _Ledger
     removed: dict[str, list[int]] = field(default_factory=dict)  # current indices at step 1
     score_seconds: float = 0.0
+    # per group of ``criterion: auto``, the criterion loss-aware selection picked at each step
+    picked: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -193,18 +195,17 @@ class _Run:
             todo=todo,
             ledger=_Ledger.start({name: all_channels[name] for name in todo}),
         )
-        # Loss-aware selection picks each group's criterion once, on the base model, even for
-        # a group whose first step removes nothing.
+        # Loss-aware selection picks each group's criterion on the base model, a group whose
+        # first step removes nothing at the size of its first step that does; later steps
+        # choose again for the groups they prune (:meth:`reselect`).
         started = time.perf_counter()
-        _resolve_auto(
-            run.applied,
-            {
-                n: view_of(n, groups[n], graph)
-                for n, plan in todo.items()
-                if sum(plan) > 0 and run.applied.groups[n].criterion == "auto"
-            },
-            run.ctx,
-        )
+        auto = {
+            n: view_of(n, groups[n], graph)
+            for n, plan in todo.items()
+            if sum(plan) > 0 and run.applied.groups[n].criterion == "auto"
+        }
+        first = {n: next(k for k in todo[n] if k > 0) for n in auto}
+        run.picked = {n: [c] for n, c in _resolve_auto(run.applied, auto, run.ctx, first).items()}
         run.score_seconds += time.perf_counter() - started
         return run
 
@@ -226,6 +227,8 @@ class _Run:
             for name, plan in self.todo.items()
             if plan[step] > 0 or (settling and sum(plan) > 0)
         }
+        if step > 0:
+            self.reselect(step, views)
         scores = self.scores(views)
         counts = self.counts(step, views, scores)
         for name, plan in self.ledger.done.items():
@@ -236,13 +239,34 @@ class _Run:
             if counts[name]:
                 self.remove(step, name, scores[name], counts[name])
 
+    def reselect(self, step: int, views: dict[str, GroupView]) -> None:
+        """Loss-aware selection again, on the network as pruned so far, for each ``auto`` group
+        this step prunes (LAASP chooses at every step); the others keep their last choice."""
+        again = {n: views[n] for n in self.picked if n in views and self.todo[n][step] > 0}
+        chosen: dict[str, str] = {}
+        if again:
+            started = time.perf_counter()
+            chosen, _pool = self.ctx.select_auto(
+                list(again.values()), {n: self.todo[n][step] for n in again}
+            )
+            self.score_seconds += time.perf_counter() - started
+        for name, picks in self.picked.items():
+            picks.append(chosen.get(name, picks[-1]))
+
+    def criterion(self, name: str) -> str:
+        """Group ``name``'s criterion at the current step."""
+        if name in self.picked:
+            return self.picked[name][self.ctx.step]
+        group = self.applied.groups[name]
+        return group.step_criteria[self.ctx.step] if group.step_criteria else group.criterion
+
     def scores(self, views: dict[str, GroupView]) -> dict[str, torch.Tensor]:
         """Every view's channel scores (each criterion computed once for all its groups), checked."""
         if not views:
             return {}
         by_criterion: dict[str, list[GroupView]] = {}
         for name, view in views.items():
-            by_criterion.setdefault(self.applied.groups[name].criterion, []).append(view)
+            by_criterion.setdefault(self.criterion(name), []).append(view)
         started = time.perf_counter()
         scores: dict[str, torch.Tensor] = {}
         for crit_name, crit_views in sorted(by_criterion.items()):
@@ -252,7 +276,7 @@ class _Run:
             s = scores[name].detach().float().cpu()
             if s.shape != (view.channels,) or not torch.isfinite(s).all():
                 raise RuntimeError(
-                    f"criterion '{self.applied.groups[name].criterion}' returned invalid scores "
+                    f"criterion '{self.criterion(name)}' returned invalid scores "
                     f"for group {name}: shape {tuple(s.shape)}, expected ({view.channels},), finite"
                 )
             scores[name] = s
@@ -341,6 +365,9 @@ class _Run:
             group.steps = (
                 list(done) if self.steps > 1 and done != removal_schedule(n, self.steps) else None
             )
+        for name, picks in self.picked.items():
+            # ``criterion`` holds the first step's choice; the others only where they differ
+            self.applied.groups[name].step_criteria = picks if len(set(picks)) > 1 else None
         return PruneResult(
             model=self.model,
             history=[list(h) for h in self.graph.pruning_history()],
@@ -437,16 +464,20 @@ def _class_threshold(policy: Policy, group: str) -> float | None:
     return policy.class_aware.min_classes
 
 
-def _resolve_auto(applied: Policy, views: dict[str, GroupView], ctx: ScoringContext) -> None:
-    """Replace ``criterion: auto`` by the criterion loss-aware selection picks, per group."""
+def _resolve_auto(
+    applied: Policy, views: dict[str, GroupView], ctx: ScoringContext, counts: dict[str, int]
+) -> dict[str, str]:
+    """Replace ``criterion: auto`` by the criterion loss-aware selection picks, per group,
+    comparing proposals of ``counts`` channels; return the choices."""
     auto_views = [v for name, v in views.items() if applied.groups[name].criterion == "auto"]
     if not auto_views:
-        return
-    chosen, pool = ctx.select_auto(auto_views)
+        return {}
+    chosen, pool = ctx.select_auto(auto_views, counts)
     for name, criterion in chosen.items():
         applied.groups[name] = replace(
             applied.groups[name], criterion=criterion, chosen_from=list(pool)
         )
+    return chosen
 
 
 def replay_history(

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,8 +26,9 @@ from autoprune.criteria.context import ScoringContext, ScoringInputs
 from autoprune.criteria.relevance import channel_relevance, explainer
 from autoprune.criteria.taps import ChannelTaps
 from autoprune.data import TensorSplit
+from autoprune.errors import UserError
 from autoprune.modelspec import ModelSpec
-from autoprune.policy import ClassAware, GroupPolicy, Policy
+from autoprune.policy import ClassAware, GroupPolicy, Policy, Schedule
 
 # Total relevance (1 on the true-class logit) may drift from 1 by this much per image at a
 # feature map. Measured over 3 seeds x 16 images: at most 2.9e-3 on the plain chain below and
@@ -411,3 +414,119 @@ def test_auto_records_the_choice_of_every_group_in_the_applied_policy() -> None:
         assert group.rate == policy.groups[name].rate
     # The choice survives the policy's YAML form (what export and replay read).
     assert Policy.from_yaml(result.policy.to_yaml()) == result.policy
+
+
+def _two_step_auto(step_choice: dict[int, str] | None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """ResNet-20 (random weights) with every group ``auto`` at rate 0.5 in two steps; with
+    ``step_choice``, loss-aware selection is replaced by one that picks that criterion per step
+    and records the channel counts it was asked to compare."""
+    from autoprune.criteria.loss_aware import LossAwareSelection
+
+    asked: list[tuple[int, dict[str, int]]] = []
+    if step_choice is not None:
+
+        def select(self: Any, views: list[Any], ctx: ScoringContext) -> dict[str, str]:
+            asked.append((ctx.step, {v.name: ctx.removal_counts[v.name] for v in views}))
+            return {v.name: step_choice[ctx.step] for v in views}
+
+        monkeypatch.setattr(LossAwareSelection, "select", select)
+    spec = ModelSpec("resnet20", 10, (3, 16, 16))
+    images, labels = random_data(16, (3, 16, 16), 10)
+    model = _seeded(spec)
+    names = list(groups.current_groups(model, groups.build_graph(model, spec.example_inputs())))
+    policy = Policy(
+        model=spec,
+        groups={n: GroupPolicy(rate=0.5, criterion="auto") for n in names},
+        schedule=Schedule(iterative_steps=2),
+    )
+    calib = Calibration(TensorSplit(images, labels), "test", num_images=16)
+    result = prune.apply(model, policy, ScoringInputs(calibration=calib, num_classes=10))
+    return result, asked, spec, calib
+
+
+def test_auto_chooses_again_at_every_step_and_the_policy_replays_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, asked, spec, calib = _two_step_auto({0: "l1", 1: "fpgm"}, monkeypatch)
+    # Chosen on the base for every group, then again for those step 1 prunes, each time at
+    # the size of the step it chooses for.
+    assert [step for step, _ in asked] == [0, 1]
+    assert set(asked[0][1]) == set(result.policy.groups)
+    for step, counts in asked:
+        for name, n in counts.items():
+            planned = groups.removal_schedule(
+                groups.channels_to_remove(0.5, _base_channels(spec, name)), 2
+            )
+            assert n == planned[step], (step, name)
+    for group in result.policy.groups.values():
+        assert (group.criterion, group.step_criteria) == ("l1", ["l1", "fpgm"])
+        assert group.chosen_from == ["l1", "l2", "fpgm", "cos"]
+    # The applied policy, read back from YAML, scores each step as the search did: same channels.
+    monkeypatch.undo()
+    applied = Policy.from_yaml(result.policy.to_yaml())
+    assert applied == result.policy
+    again = prune.apply(_seeded(spec), applied, ScoringInputs(calibration=calib, num_classes=10))
+    assert again.removed_sha256 == result.removed_sha256
+    # and step 1's criterion mattered: l1 at both steps removes other channels
+    plain = Policy.from_yaml(result.policy.to_yaml())
+    for group in plain.groups.values():
+        group.step_criteria = None
+    other = prune.apply(_seeded(spec), plain, ScoringInputs(calibration=calib, num_classes=10))
+    assert other.removed_sha256 != result.removed_sha256
+
+
+def test_auto_choosing_the_same_criterion_at_every_step_writes_no_step_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, asked, _spec, _calib = _two_step_auto({0: "fpgm", 1: "fpgm"}, monkeypatch)
+    assert len(asked) == 2
+    assert all(
+        g.step_criteria is None and g.criterion == "fpgm" for g in result.policy.groups.values()
+    )
+
+
+def _seeded(spec: ModelSpec) -> nn.Module:
+    torch.manual_seed(0)
+    return spec.build().eval()
+
+
+def _base_channels(spec: ModelSpec, name: str) -> int:
+    model = spec.build()
+    found = groups.current_groups(model, groups.build_graph(model, spec.example_inputs()))
+    return len(found[name][0].idxs)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"rate": 0.5, "criterion": "l1", "step_criteria": ["l1"]},
+            "1 criteria for 2 iterative steps",
+        ),
+        (
+            {"rate": 0.5, "criterion": "l1", "step_criteria": ["l1", "auto"]},
+            "scoring criterion names",
+        ),
+        ({"rate": 0.5, "criterion": "l1", "step_criteria": "fpgm"}, "scoring criterion names"),
+    ],
+)
+def test_a_bad_step_criteria_list_says_what_to_write(entry: dict[str, Any], message: str) -> None:
+    raw = {
+        "model": {"name": "resnet20", "num_classes": 10, "input_shape": [3, 16, 16]},
+        "groups": {"conv1": entry},
+        "schedule": {"iterative_steps": 2},
+    }
+    with pytest.raises(UserError, match=message):
+        Policy.from_dict(raw, "p.yaml")
+
+
+def test_an_unknown_step_criterion_is_refused_where_the_policy_meets_the_registry() -> None:
+    from autoprune import criteria
+
+    policy = Policy(
+        model=ModelSpec("resnet20", 10, (3, 16, 16)),
+        groups={"conv1": GroupPolicy(rate=0.5, criterion="l1", step_criteria=["l1", "l9"])},
+        schedule=Schedule(iterative_steps=2),
+    )
+    with pytest.raises(UserError, match="step_criteria names l9, which are not scoring criteria"):
+        criteria.check_policy(policy)

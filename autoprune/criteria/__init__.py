@@ -56,6 +56,8 @@ class Context(Protocol):
     model: nn.Module
     policy: Policy  # the policy being applied (class thresholds, loss-aware pool, seed)
     step: int  # 0 while scoring the unpruned base model
+    # for a selection rule: channels each group loses at the step it chooses for (may be empty)
+    removal_counts: dict[str, int]
 
     @property
     def seed(self) -> int: ...
@@ -159,6 +161,12 @@ def check_policy(policy: Policy) -> None:
         if g.criterion not in known:
             raise UserError(
                 f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
+            )
+        bad_steps = [c for c in g.step_criteria or [] if c not in scoring]
+        if bad_steps:
+            raise UserError(
+                f"policy groups.{name}.step_criteria names {', '.join(bad_steps)}, which are not "
+                f"scoring criteria; allowed: {', '.join(scoring)}"
             )
 
 

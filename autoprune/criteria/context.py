@@ -45,6 +45,9 @@ class ScoringContext:
     policy: Policy  # the policy being applied (class thresholds, seed)
     inputs: ScoringInputs
     step: int = 0  # 0 while scoring the unpruned base model
+    # channels each group loses at the step a selection rule chooses for (set by select_auto);
+    # empty: the rule works it out from the policy (its first step that removes any)
+    removal_counts: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(
         default_factory=dict
     )  # calibration passes, for tests/benchmarks
@@ -125,10 +128,19 @@ class ScoringContext:
             cache.put(key, cached)
         return {v.name: cached[v.name] for v in views}
 
-    def select_auto(self, views: list[GroupView]) -> tuple[dict[str, str], list[str]]:
-        """Per group, the criterion the ``auto`` rule picks, and the pool it picked from."""
+    def select_auto(
+        self, views: list[GroupView], counts: dict[str, int] | None = None
+    ) -> tuple[dict[str, str], list[str]]:
+        """Per group, the criterion the ``auto`` rule picks, and the pool it picked from.
+
+        ``counts``: the channels each group loses at the step being chosen for, the size at
+        which the rule compares its proposals."""
         rule = get("auto")
-        chosen = rule.select(views, self)
+        self.removal_counts = dict(counts or {})
+        try:
+            chosen = rule.select(views, self)
+        finally:
+            self.removal_counts = {}
         pool_for = getattr(rule, "pool_for", None)
         pool = pool_for(self.policy) if pool_for is not None else getattr(rule, "pool", [])
         return chosen, list(pool)

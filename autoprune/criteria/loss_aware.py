@@ -7,6 +7,10 @@ removed on a small subset of the calibration data (``loss_aware.images``, the fi
 the calibration set), and keeps the criterion with the lowest loss. The choice is written into
 the applied policy (``criterion``, with ``chosen_from`` = the pool).
 
+As in the paper, the choice is made again at every iterative step, on the network as pruned
+(and fine-tuned) so far, among the groups that step prunes; where the steps' choices differ, the
+applied policy lists them (``step_criteria``), so a replay scores each step as the search did.
+
 Removal is emulated instead of performed: the proposed channels are zeroed at the inputs of
 every layer that reads them (the group's input-side conv/linear layers), which is exactly what
 the network computes after the channels are cut, since a removed channel contributes nothing
@@ -63,14 +67,17 @@ class LossAwareSelection(Criterion):
         chosen: dict[str, str] = {}
         with model_mode(ctx.model, device=ctx.device) as model:
             for view in groups:
-                # The proposals are compared at the size of the group's first pruning step
-                # (LAASP prunes a step, then measures); a group whose first step removes
-                # nothing is compared at its first step that does.
-                rate = ctx.policy.groups[view.name].rate
-                steps = removal_schedule(
-                    channels_to_remove(rate, view.channels), ctx.policy.schedule.iterative_steps
-                )
-                n = next((k for k in steps if k > 0), 0)
+                # The proposals are compared at the size of the step being chosen for (LAASP
+                # prunes a step, then measures); without it, at the group's first step that
+                # removes any channels.
+                n = ctx.removal_counts.get(view.name, 0)
+                if n <= 0:
+                    rate = ctx.policy.groups[view.name].rate
+                    steps = removal_schedule(
+                        channels_to_remove(rate, view.channels),
+                        ctx.policy.schedule.iterative_steps,
+                    )
+                    n = next((k for k in steps if k > 0), 0)
                 losses: dict[tuple[int, ...], float] = {}
                 best, best_loss = pool[0], float("inf")
                 for name in pool:
