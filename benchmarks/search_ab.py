@@ -7,8 +7,8 @@
 
 An ablation runs one tree twice, the second time with one dimension of the search changed:
 ``run depth --space benchmarks/spaces/ablate-depth.yaml`` against ``run default``, or
-``--sampler`` for the sampler's; ``ablations`` prints every one run so far against ``default``,
-the table ``peers_vs_search.py`` puts in docs/benchmarks.md.
+``--sampler`` for the sampler's; ``ablations`` prints every one run so far against its control
+(:data:`ABLATIONS`), the table ``peers_vs_search.py`` puts in docs/benchmarks.md.
 
 ``run LABEL`` runs, with whatever autoprune the interpreter imports, the ``peers_vs_search.py``
 ``cpu`` profile's search (resnet20 on Fashion-MNIST, the ``fashion-mnist`` space, 14 trials of
@@ -37,17 +37,35 @@ TRIALS = 14
 REPLAY_EPOCHS = 0.3
 
 # The ablations of the search's own dimensions, in the table's order: the label ``run`` writes
-# its rows under, and what it changes in the ``fashion-mnist`` space (benchmarks/spaces/ablate-
-# LABEL.yaml) or in the search. Each is paired with the label ``default`` (the space as bundled).
+# its rows under -> the label of the runs it is paired with, and what it changes there. Most
+# change one thing in the ``fashion-mnist`` space (benchmarks/spaces/ablate-LABEL.yaml) against
+# that space as bundled (``default``); ``auto-every-step`` is the same space run by two versions.
 CONTROL = "default"
-ABLATIONS: dict[str, str] = {
-    "criterion-per-group": "a criterion per group (`criterion_per: group`), not per stage",
-    "criterion-global": "one criterion for the network (`criterion_per: global`)",
-    "class-threshold": "`class_aware` among the criteria, its class threshold searched in [1, 5]",
-    "retrain-budget": "fine-tune epochs searched in {0.1, 0.2, 0.3}, iterative steps in {1, 2}",
-    "depth": "PLS-VIP block removal cascaded with channel pruning (`max_blocks_per_stage: 1`)",
-    "auto": "LAASP's loss-aware selection (`auto`) among the criteria, chosen once on the base",
-    "tpe-univariate": "TPE without `multivariate` (`--sampler tpe-univariate`)",
+ABLATIONS: dict[str, tuple[str, str]] = {
+    "criterion-per-group": (
+        CONTROL,
+        "a criterion per group (`criterion_per: group`), not per stage",
+    ),
+    "criterion-global": (CONTROL, "one criterion for the network (`criterion_per: global`)"),
+    "class-threshold": (
+        CONTROL,
+        "`class_aware` among the criteria, its class threshold searched in [1, 5]",
+    ),
+    "retrain-budget": (
+        CONTROL,
+        "fine-tune epochs searched in {0.1, 0.2, 0.3}, iterative steps in {1, 2}",
+    ),
+    "depth": (
+        CONTROL,
+        "PLS-VIP block removal cascaded with channel pruning (`max_blocks_per_stage: 1`)",
+    ),
+    "auto": (CONTROL, "LAASP's loss-aware selection (`auto`) among the criteria"),
+    "auto-every-step": (
+        "auto-once",
+        "`auto` the only criterion, two steps: chosen again at every step, against once on the "
+        "base (the code before 8d7efbe, `ablate-auto-steps.yaml`)",
+    ),
+    "tpe-univariate": (CONTROL, "TPE without `multivariate` (`--sampler tpe-univariate`)"),
 }
 
 
@@ -204,22 +222,19 @@ def _load(out: Path, label: str) -> list[dict]:
 
 
 def ablation_table(out: Path) -> list[str]:
-    """Markdown lines: each ablation of :data:`ABLATIONS` run so far against ``default``.
+    """Markdown lines: each ablation of :data:`ABLATIONS` run so far against its control.
 
     Per row: the searched winner's replayed test accuracy with and without the change, their
     paired difference (mean ± SE over the seeds both ran), the same for the front's
-    hypervolume, and the search's wall as its cost. Empty when ``default`` has no rows.
+    hypervolume, and the search's wall as its cost. Empty when no ablation has rows.
     """
-    control = _load(out, CONTROL)
-    if not control:
-        return []
     lines = [
-        "| dimension | change | B | searched test, default | with it | paired, pt | "
-        "front hypervolume, paired | search s, default -> with it | seeds |",
+        "| dimension | change | B | searched test, without | with it | paired, pt | "
+        "front hypervolume, paired | search s, without -> with it | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, change in ABLATIONS.items():
-        arm = _load(out, label)
+    for label, (control_label, change) in ABLATIONS.items():
+        arm, control = _load(out, label), _load(out, control_label)
         for budget in sorted({r["budget"] for r in arm}, reverse=True):
 
             def searched(rows: list[dict], budget: float = budget) -> dict[int, dict]:
@@ -242,7 +257,7 @@ def ablation_table(out: Path) -> list[str]:
                 f"{_diff(hv, scale=1.0, digits=4)} | "
                 f"{statistics.mean(wall[0]):.0f} -> {statistics.mean(wall[1]):.0f} | {len(seeds)} |"
             )
-    return lines
+    return lines if len(lines) > 2 else []
 
 
 def main() -> None:
@@ -270,7 +285,7 @@ def main() -> None:
     elif args.verb == "report":
         report(args.a, args.b, args.out)
     else:
-        print("\n".join(ablation_table(args.out)) or f"no {CONTROL} rows in {args.out}")
+        print("\n".join(ablation_table(args.out)) or f"no ablation pairs in {args.out}")
 
 
 if __name__ == "__main__":

@@ -64,14 +64,18 @@ def test_report_pairs_front_hypervolumes_where_both_runs_recorded_them(
     assert lines[-1] == "| 0.2 | 0.6100 ± 0.0058 | 0.6267 ± 0.0067 | +0.0167 ± 0.0088 |"
 
 
-def test_the_ablation_table_pairs_each_run_dimension_with_default(tmp_path: Path) -> None:
+def test_the_ablation_table_pairs_each_run_dimension_with_its_control(tmp_path: Path) -> None:
     walls = [200.0, 210.0, 220.0]
     _rows(tmp_path / "default.jsonl", "default", [0.880, 0.890, 0.885], walls, [0.60, 0.61, 0.62])
     # depth ran two seeds only: its row pairs those two
     _rows(tmp_path / "depth.jsonl", "depth", [0.890, 0.880], [250.0, 250.0], [0.62, 0.61])
     assert search_ab.ablation_table(tmp_path / "nothing") == []
+    # two versions of the code on one space: auto-every-step against auto-once
+    _rows(tmp_path / "auto-once.jsonl", "auto-once", [0.870, 0.870, 0.870], walls, [0.5] * 3)
+    _rows(tmp_path / "auto-every-step.jsonl", "x", [0.880, 0.870, 0.860], walls, [0.5] * 3)
     lines = search_ab.ablation_table(tmp_path)
-    assert len(lines) == 3, "header, rule and one row: dimensions not run have none"
+    assert len(lines) == 4, "header, rule and two rows: dimensions not run have none"
+    assert lines[3].startswith("| auto-every-step |") and "| +0.00 ± 0.58 |" in lines[3]
     row = lines[2].split(" | ")
     assert row[0] == "| depth" and "PLS-VIP" in row[1] and row[2] == "0.2"
     # seeds 0, 1: +1.0 and -1.0 pt -> +0.00 ± 1.00; hypervolume +0.02, 0.00 -> +0.0100 ± 0.0100
