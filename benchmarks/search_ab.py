@@ -30,6 +30,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 DATASET = "fashion-mnist"
 SPACE = "fashion-mnist"
@@ -216,6 +217,134 @@ def report(a: str, b: str, out: Path) -> None:
                 )
 
 
+FRONT_POINTS = 4  # budgets per hand-made front, from 0.6 x B (where the space explores) to B
+FRONT_METHODS = ("uniform-l1", "torch-pruning global (magnitude)")
+
+
+def _fine_tune_epochs(trial: Any) -> float:
+    from autoprune.records import TrialRecord
+
+    return float((TrialRecord.from_trial(trial).policy or {}).get("retrain", {}).get("epochs", 0))
+
+
+def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
+    """The front each of ``label``'s searches made against the fronts uniform-l1 and
+    Torch-Pruning's global magnitude pruning make with the same fine-tune epochs in all.
+
+    A search of T trials spends E = the sum of their fine-tune epochs. Each hand-made front is
+    ``points`` models at MACs ratios evenly from 0.6 x B to B, each fine-tuned E / points epochs
+    (uniform-l1: the study's own baseline with its recipe, replayed at each ratio;
+    Torch-Pruning: its library's global pruning, then autoprune's fine-tune with that recipe),
+    measured on the val split as the search's trials are. Rows go to ``fronts-LABEL.jsonl``.
+    """
+    import copy
+    from dataclasses import replace
+
+    import peers
+
+    from autoprune import study as studies
+    from autoprune.base import default_base_path, load_base
+    from autoprune.checkpoint import replay
+    from autoprune.evaluate import load_splits
+    from autoprune.policy import GroupPolicy
+    from autoprune.records import TrialRecord
+    from autoprune.train import TrainConfig, evaluate, finetune_pruned, select_device
+
+    base = default_base_path("resnet20", DATASET)
+    storage = studies.open_storage(f"sqlite:///{(out / f'{label}.db').resolve()}")
+    rows = [r for r in _load(out, label) if r["method"] == "searched"]
+    device = select_device("auto")
+    loaded = load_base(base)
+    splits = load_splits(DATASET, None)
+    example = loaded.spec.example_inputs().to(device)
+    for r in sorted(rows, key=lambda r: (-r["budget"], r["seed"])):
+        budget, seed = r["budget"], r["seed"]
+        name = f"ab-{label}-b{budget:g}-s{seed}"
+        study = studies.load_study(storage, name)
+        epochs = sum(_fine_tune_epochs(t) for t in studies.completed_trials(study))
+        recipe = next(
+            TrialRecord.from_trial(t).applied_policy(t.number)
+            for t in studies.baseline_trials(study)
+            if TrialRecord.from_trial(t).baseline == "uniform-l1"
+        )
+        assert recipe is not None
+        each = epochs / points
+        ratios = [budget * (0.6 + 0.4 * i / (points - 1)) for i in range(points)]
+        made: dict[str, list[tuple[float, float]]] = {m: [] for m in FRONT_METHODS}
+        for ratio in ratios:
+            uniform = replace(
+                recipe, target_macs_ratio=ratio, measured={}, removed_sha256=None,
+                groups={g: GroupPolicy(rate=0.5, criterion="l1") for g in recipe.groups},
+                retrain=replace(recipe.retrain, epochs=each),
+            )  # fmt: skip
+            result = replay(
+                uniform, base_checkpoint=str(base), epochs=each, export_program_file=False,
+                out=out / "checkpoints" / f"{name}-front-uniform-{ratio:.3f}.pt",
+                log=lambda _line: None,
+            )  # fmt: skip
+            made["uniform-l1"].append((result.macs_ratio, result.val_accuracy))
+            cut = peers.torch_pruning_global(
+                loaded.build().to(device), example, ratio, importance="magnitude",
+                calibration=splits.calibration, device=device,
+            )  # fmt: skip
+            tuned = copy.deepcopy(cut.model)
+            finetune_pruned(
+                tuned, splits.train, splits.calibration,
+                TrainConfig(replace(recipe.retrain, epochs=each), cudnn_benchmark=False), device,
+                seed=recipe.seed,
+            )  # fmt: skip
+            accuracy = evaluate(tuned, splits.val, device).accuracy
+            made["torch-pruning global (magnitude)"].append((cut.macs_ratio, accuracy))
+        searched = [(p.ratio(), p.val_accuracy) for p in studies.pareto_front(study)]
+        for method, front in [("searched", searched), *made.items()]:
+            row = {
+                "label": label, "budget": budget, "seed": seed, "method": method,
+                "hypervolume": studies.hypervolume(front), "points": front,
+                "epochs_total": epochs, "epochs_each": None if method == "searched" else each,
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+            with (out / f"fronts-{label}.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    print("\n".join(front_table(out, label)))
+
+
+def front_table(out: Path, label: str) -> list[str]:
+    """Markdown lines: each method's front hypervolume (mean ± SE over seeds) and the search's
+    margin over it, paired by seed, per budget."""
+    rows = _load(out, f"fronts-{label}")
+    lines = [
+        "| B | front | hypervolume | search - it (paired) | fine-tune epochs | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        by = {
+            m: {r["seed"]: r for r in rows if r["budget"] == budget and r["method"] == m}
+            for m in ("searched", *FRONT_METHODS)
+        }
+        for method, runs in by.items():
+            seeds = sorted(set(runs) & set(by["searched"]))
+            if not seeds:
+                continue
+            hv = [runs[s]["hypervolume"] for s in seeds]
+            margin = (
+                "—"
+                if method == "searched"
+                else _diff(
+                    [by["searched"][s]["hypervolume"] - runs[s]["hypervolume"] for s in seeds],
+                    1.0,
+                    4,
+                )
+            )
+            spent = statistics.mean(runs[s]["epochs_total"] for s in seeds)
+            each = runs[seeds[0]]["epochs_each"]
+            n = len(runs[seeds[0]]["points"])
+            how = f"{spent:.1f} ({n} points)" if each is None else f"{spent:.1f} ({n} x {each:.2f})"
+            lines.append(
+                f"| {budget:g} | {method} | {_mean_se(hv)} | {margin} | {how} | {len(seeds)} |"
+            )
+    return lines
+
+
 def _load(out: Path, label: str) -> list[dict]:
     path = out / f"{label}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -277,13 +406,25 @@ def main() -> None:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
-    t = sub.add_parser("ablations", help="every ablation run so far against default")
+    f = sub.add_parser(
+        "fronts",
+        help="LABEL's search fronts against uniform-l1's and Torch-Pruning's, equal epochs",
+    )
+    f.add_argument("label")
+    f.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
+    f.add_argument("--table", action="store_true", help="only print the table of rows written")
+    t = sub.add_parser("ablations", help="every ablation run so far against its control")
     t.add_argument("--out", type=Path, default=Path("benchmarks/results/ab"))
     args = parser.parse_args()
     if args.verb == "run":
         run(args.label, args.budgets, args.seeds, args.baseline, args.out, args.space, args.sampler)
     elif args.verb == "report":
         report(args.a, args.b, args.out)
+    elif args.verb == "fronts":
+        if args.table:
+            print("\n".join(front_table(args.out, args.label)))
+        else:
+            fronts(args.label, args.out)
     else:
         print("\n".join(ablation_table(args.out)) or f"no ablation pairs in {args.out}")
 
