@@ -21,9 +21,15 @@ from typing import Any
 
 from torch import nn
 
-from autoprune.base import is_state_dict, load_base, state_dict_sha256
+from autoprune.base import BaseCheckpoint, is_state_dict, load_base, state_dict_sha256
 from autoprune.errors import UserError
-from autoprune.evaluate import ObjectiveConfig, base_macs_params, finetune, prune_policy
+from autoprune.evaluate import (
+    ObjectiveConfig,
+    base_macs_params,
+    finetune,
+    prune_policy,
+    torch_threads,
+)
 from autoprune.files import read_torch_file, save_torch
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import Policy
@@ -174,6 +180,20 @@ def replay(
         precision=precision,
         num_workers=loader_workers,
     )
+    with torch_threads(threads):
+        return _replay(policy, base, config, checkpoint, epochs, out, export_program_file, log)
+
+
+def _replay(
+    policy: Policy,
+    base: BaseCheckpoint,
+    config: ObjectiveConfig,
+    checkpoint: str,
+    epochs: float | None,
+    out: str | Path | None,
+    export_program_file: bool,
+    log: Any,
+) -> ReplayResult:
     # The applied policy's rates are exact; projecting again would be a no-op but costs a trace.
     pruned = prune_policy(config, policy)  # refuses channels that differ from the trial's
     if policy.removed_sha256 is not None:

@@ -11,9 +11,11 @@ module, so a policy found by the search is reproduced by exactly the code that m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,10 +182,30 @@ def load_inputs(config: ObjectiveConfig) -> tuple[BaseCheckpoint, DataSplits]:
     return base, splits
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` for the block (None: left as they are), then
+    restored: a trial's or a replay's setting must not outlive it in the caller's process (a
+    search's in-process sensitivity pass left a library user's later replay on one thread)."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
-    """Project ``policy`` onto its budget and prune a fresh copy of the base model with it."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    """Project ``policy`` onto its budget and prune a fresh copy of the base model with it,
+    on ``config.threads`` threads."""
+    with torch_threads(config.threads):
+        return _prune_policy(config, policy)
+
+
+def _prune_policy(config: ObjectiveConfig, policy: Policy) -> Pruned:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     base, splits = load_inputs(config)
@@ -434,9 +456,10 @@ def evaluate_policy(
     Raises:
         UserError: the policy does not fit the base checkpoint, or its target is unreachable.
     """
-    pruned = prune_policy(config, policy)
-    screened = adaptive_bn_proxy(pruned, config) if proxy else None
-    return _finish(pruned, config, screened, log)
+    with torch_threads(config.threads):
+        pruned = prune_policy(config, policy)
+        screened = adaptive_bn_proxy(pruned, config) if proxy else None
+        return _finish(pruned, config, screened, log)
 
 
 def evaluate_bracket(
@@ -454,6 +477,13 @@ def evaluate_bracket(
     is that candidate's own (its learning rate), so the next best takes its place; any other
     fine-tune failure would most likely repeat, so no other candidate is fine-tuned after it.
     """
+    with torch_threads(config.threads):
+        return _evaluate_bracket(config, policies, keep, log)
+
+
+def _evaluate_bracket(
+    config: ObjectiveConfig, policies: list[Policy], keep: int, log: Log | None
+) -> list[Metrics | Failure]:
     screened: dict[int, tuple[Pruned, Proxy]] = {}
     results: list[Metrics | Failure | None] = [None] * len(policies)
     for i, policy in enumerate(policies):

@@ -16,6 +16,7 @@ from autoprune import groups
 from autoprune.base import save_base
 from autoprune.checkpoint import load_checkpoint, replay
 from autoprune.errors import UserError
+from autoprune.evaluate import ObjectiveConfig, evaluate_policy, prune_policy, torch_threads
 from autoprune.modelspec import ModelSpec
 from autoprune.policy import GroupPolicy, Policy
 from autoprune.train import (
@@ -225,3 +226,46 @@ def test_replay_reproduces_a_distilled_recipe(
     assert Policy.from_dict(first.to_dict()).retrain.distill == on
     assert all(torch.equal(v, same[k]) for k, v in weights.items())
     assert any(not torch.equal(v, plain[k]) for k, v in weights.items())
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_a_thread_setting_holds_for_its_block_only() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("a failing trial")
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow  # prunes and fine-tunes a ResNet-20
+def test_a_trial_or_replay_on_one_thread_leaves_the_callers_threads_alone(
+    random_base: Path, tmp_path: Path
+) -> None:
+    """A search measures its sensitivity curves in the driver with the trials' thread count;
+    a later replay in the same process ran on that one thread, slower and with other rounding."""
+    spec = ModelSpec("resnet20", 10, (1, 28, 28))
+    model = spec.build()
+    names = list(groups.current_groups(model, groups.build_graph(model, spec.example_inputs())))
+    policy = Policy(
+        model=spec, groups={n: GroupPolicy(0.5, "l1") for n in names},
+        retrain=Retrain(epochs=0.01, lr=0.02),
+    )  # fmt: skip
+    config = ObjectiveConfig(str(random_base), dataset="mnist5k", device="cpu", threads=1)
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prune_policy(config, policy)
+        assert torch.get_num_threads() == 2
+        evaluate_policy(config, policy)
+        assert torch.get_num_threads() == 2
+        replay(
+            policy, base_checkpoint=str(random_base), epochs=0.01, out=tmp_path / "p.pt",
+            threads=1, export_program_file=False, log=lambda _: None,
+        )  # fmt: skip
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
