@@ -515,6 +515,25 @@ def write_markdown(
             *table_lines,
             "",
         ]
+    front_lines = (
+        search_ab.front_table(ablations, search_ab.CONTROL) if ablations is not None else []
+    )
+    if len(front_lines) > 2:
+        out += [
+            "## The whole front at equal fine-tune epochs",
+            "",
+            f"Generated from `{ablations}/fronts-{search_ab.CONTROL}.jsonl` (`python "
+            f"benchmarks/search_ab.py fronts {search_ab.CONTROL}`). The hypervolume of the "
+            f"feasible front (val accuracy against MACs ratio, reference at ratio 1 and accuracy "
+            f"0.1) that each `{search_ab.CONTROL}` search above made, against the fronts of "
+            "uniform-l1 (the study's own baseline and recipe) and Torch-Pruning's global "
+            f"magnitude pruning at {search_ab.FRONT_POINTS} budgets from 0.6 x B to B, each "
+            "fine-tuned for an equal share of the epochs the search spent; *search − it* is "
+            "paired by seed.",
+            "",
+            *front_lines,
+            "",
+        ]
     path.write_text("\n".join(out) + "\n")
 
 

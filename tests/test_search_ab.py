@@ -103,12 +103,13 @@ def test_benchmarks_md_carries_the_ablation_table_when_rows_exist(tmp_path: Path
     peers_vs_search.write_markdown(rows, meta, doc, tmp_path / "images", ab)
     text = doc.read_text()
     assert "## Ablations: the search's own dimensions" in text
+    assert "at equal fine-tune epochs" not in text  # no fronts measured
     assert "| auto | LAASP's loss-aware selection" in text and "| +0.67 ± 0.33 |" in text
     peers_vs_search.write_markdown(rows, meta, doc, tmp_path / "images", tmp_path / "none")
     assert "Ablations" not in doc.read_text()
 
 
-def test_the_front_table_pairs_each_hand_made_front_with_the_search(tmp_path: Path) -> None:
+def _front_rows(path: Path) -> None:
     rows = []
     for seed, (searched, uniform) in enumerate([(0.70, 0.66), (0.72, 0.70), (0.71, 0.66)]):
         for method, hv, each in (
@@ -120,7 +121,11 @@ def test_the_front_table_pairs_each_hand_made_front_with_the_search(tmp_path: Pa
                 "hypervolume": hv, "points": [[0.2, 0.8]] * (3 if each is None else 4),
                 "epochs_total": 1.4, "epochs_each": each,
             })  # fmt: skip
-    (tmp_path / "fronts-default.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_front_table_pairs_each_hand_made_front_with_the_search(tmp_path: Path) -> None:
+    _front_rows(tmp_path / "fronts-default.jsonl")
     lines = search_ab.front_table(tmp_path, "default")
     assert lines[2] == "| 0.2 | searched | 0.7100 ± 0.0058 | — | 1.4 (3 points) | 3 |"
     # per seed +0.04, +0.02, +0.05: mean +0.0367, SE 0.0088
@@ -128,3 +133,18 @@ def test_the_front_table_pairs_each_hand_made_front_with_the_search(tmp_path: Pa
         lines[3] == "| 0.2 | uniform-l1 | 0.6733 ± 0.0133 | +0.0367 ± 0.0088 | 1.4 (4 x 0.35) | 3 |"
     )
     assert lines[4].startswith("| 0.2 | torch-pruning global (magnitude) | 0.6000 ± 0.0000 |")
+
+
+def test_benchmarks_md_carries_the_front_table_when_fronts_were_measured(tmp_path: Path) -> None:
+    import peers_vs_search
+
+    ab = tmp_path / "ab"
+    ab.mkdir()
+    _front_rows(ab / "fronts-default.jsonl")
+    meta = {"command": "c", "profile": "cpu", "date": "d", "machine": "m", "torch": "t",
+            "settings": {"replay_epochs": 0.3}}  # fmt: skip
+    doc = tmp_path / "benchmarks.md"
+    peers_vs_search.write_markdown([], meta, doc, tmp_path / "images", ab)
+    text = doc.read_text()
+    assert "## The whole front at equal fine-tune epochs" in text
+    assert "| 0.2 | uniform-l1 | 0.6733 ± 0.0133 | +0.0367 ± 0.0088 | 1.4 (4 x 0.35) | 3 |" in text
