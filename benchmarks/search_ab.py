@@ -355,7 +355,8 @@ def ablation_table(out: Path) -> list[str]:
 
     Per row: the searched winner's replayed test accuracy with and without the change, their
     paired difference (mean ± SE over the seeds both ran), the same for the front's
-    hypervolume, and the search's wall as its cost. Empty when no ablation has rows.
+    hypervolume, and the search's wall as its cost (over the seeds whose walls compare). Empty
+    when no ablation has rows.
     """
     lines = [
         "| dimension | change | B | searched test, without | with it | paired, pt | "
@@ -379,12 +380,20 @@ def ablation_table(out: Path) -> list[str]:
                 continue
             acc = [a[s]["test_accuracy"] for s in seeds], [b[s]["test_accuracy"] for s in seeds]
             hv = [b[s]["front_hypervolume"] - a[s]["front_hypervolume"] for s in seeds]
-            wall = [a[s]["search_wall_s"] for s in seeds], [b[s]["search_wall_s"] for s in seeds]
+            # A wall a row marks as not comparable (``wall_note``: it measured the base's
+            # sensitivity, or shared the cores) is left out of the cost, with its seed.
+            timed = [s for s in seeds if "wall_note" not in a[s] and "wall_note" not in b[s]]
+            wall = "-"
+            if timed:
+                before = statistics.mean(a[s]["search_wall_s"] for s in timed)
+                after = statistics.mean(b[s]["search_wall_s"] for s in timed)
+                wall = f"{before:.0f} -> {after:.0f}"
+                if len(timed) < len(seeds):
+                    wall += f" (seed{'s' if len(timed) > 1 else ''} {', '.join(map(str, timed))})"
             lines.append(
                 f"| {label} | {change} | {budget:g} | {_mean_se(acc[0])} | {_mean_se(acc[1])} | "
                 f"{_diff([y - x for x, y in zip(*acc, strict=True)])} | "
-                f"{_diff(hv, scale=1.0, digits=4)} | "
-                f"{statistics.mean(wall[0]):.0f} -> {statistics.mean(wall[1]):.0f} | {len(seeds)} |"
+                f"{_diff(hv, scale=1.0, digits=4)} | {wall} | {len(seeds)} |"
             )
     return lines if len(lines) > 2 else []
 

@@ -76,6 +76,13 @@ def test_the_ablation_table_pairs_each_run_dimension_with_its_control(tmp_path: 
     lines = search_ab.ablation_table(tmp_path)
     assert len(lines) == 4, "header, rule and two rows: dimensions not run have none"
     assert lines[3].startswith("| auto-every-step |") and "| +0.00 ± 0.58 |" in lines[3]
+    # a wall marked as not comparable leaves the cost, with its seed
+    marked = [json.loads(line) for line in (tmp_path / "default.jsonl").read_text().splitlines()]
+    for r in marked:
+        if r["seed"] == 0:
+            r["wall_note"] = "measured the base's sensitivity"
+    (tmp_path / "default.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marked))
+    assert "| 210 -> 250 (seed 1) | 2 |" in search_ab.ablation_table(tmp_path)[2]
     row = lines[2].split(" | ")
     assert row[0] == "| depth" and "PLS-VIP" in row[1] and row[2] == "0.2"
     # seeds 0, 1: +1.0 and -1.0 pt -> +0.00 ± 1.00; hypervolume +0.02, 0.00 -> +0.0100 ± 0.0100
