@@ -119,6 +119,7 @@ def check_counts_exact(policy: Policy) -> None:
         if g.rate > 0
         and (
             g.criterion == "class_aware"
+            or "class_aware" in (g.step_criteria or [])
             or (g.criterion == "auto" and "class_aware" in policy.loss_aware.pool)
         )
     ]

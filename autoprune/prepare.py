@@ -32,7 +32,7 @@ from autoprune.budget import (
 from autoprune.config import SearchConfig
 from autoprune.criteria.calibration import Calibration
 from autoprune.errors import UserError
-from autoprune.evaluate import ObjectiveConfig, load_splits, prune_policy
+from autoprune.evaluate import ObjectiveConfig, load_splits, prune_policy, torch_threads
 from autoprune.files import score_cache_dir
 from autoprune.groups import build_graph, current_groups
 from autoprune.latency import LatencySettings, calibrate
@@ -211,13 +211,14 @@ def latency_macs_target(
         )
         return prune_policy(objective, policy).model
 
-    calibration = calibrate(
-        prune_uniform,
-        base.build(),
-        tuple(base.spec.input_shape),
-        select_device(config.device),
-        latency_settings(config),
-        config.budget_latency,
-        log,
-    )
+    with torch_threads(objective.threads):  # timed on the threads the trials are timed on
+        calibration = calibrate(
+            prune_uniform,
+            base.build(),
+            tuple(base.spec.input_shape),
+            select_device(config.device),
+            latency_settings(config),
+            config.budget_latency,
+            log,
+        )
     return calibration.macs_target

@@ -33,6 +33,7 @@ from autoprune.evaluate import (
     adaptive_bn_proxy,
     load_inputs,
     prune_policy,
+    torch_threads,
 )
 from autoprune.files import write_text
 from autoprune.groups import build_graph, current_views
@@ -146,8 +147,9 @@ def sensitivity_curves(
 
 
 def _proxy_loss(config: ObjectiveConfig, policy: Policy) -> float:
-    pruned = prune_policy(config, policy)
-    loss = adaptive_bn_proxy(pruned, config).loss
+    with torch_threads(config.threads):  # the trials' thread count, as their proxies run
+        pruned = prune_policy(config, policy)
+        loss = adaptive_bn_proxy(pruned, config).loss
     return loss if math.isfinite(loss) else 1e6
 
 

@@ -166,6 +166,7 @@ class _Run:
     score_seconds: float = 0.0
     # per group of ``criterion: auto``, the criterion loss-aware selection picked at each step
     picked: dict[str, list[str]] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)  # ``auto`` groups no step has pruned yet
 
     @classmethod
     def start(
@@ -195,17 +196,22 @@ class _Run:
             todo=todo,
             ledger=_Ledger.start({name: all_channels[name] for name in todo}),
         )
-        # Loss-aware selection picks each group's criterion on the base model, a group whose
-        # first step removes nothing at the size of its first step that does; later steps
-        # choose again for the groups they prune (:meth:`reselect`).
+        # Loss-aware selection picks the criterion of each group the first step prunes on the
+        # base model; every later step chooses again for the groups it prunes (:meth:`reselect`),
+        # a group's first choice made at its first step that removes channels.
         started = time.perf_counter()
         auto = {
             n: view_of(n, groups[n], graph)
             for n, plan in todo.items()
-            if sum(plan) > 0 and run.applied.groups[n].criterion == "auto"
+            if plan[0] > 0 and run.applied.groups[n].criterion == "auto"
         }
-        first = {n: next(k for k in todo[n] if k > 0) for n in auto}
+        first = {n: todo[n][0] for n in auto}
         run.picked = {n: [c] for n, c in _resolve_auto(run.applied, auto, run.ctx, first).items()}
+        run.pending = {
+            n
+            for n, plan in todo.items()
+            if plan[0] == 0 and sum(plan) > 0 and run.applied.groups[n].criterion == "auto"
+        }
         run.score_seconds += time.perf_counter() - started
         return run
 
@@ -242,14 +248,24 @@ class _Run:
     def reselect(self, step: int, views: dict[str, GroupView]) -> None:
         """Loss-aware selection again, on the network as pruned so far, for each ``auto`` group
         this step prunes (LAASP chooses at every step); the others keep their last choice."""
-        again = {n: views[n] for n in self.picked if n in views and self.todo[n][step] > 0}
+        again = {
+            n: views[n]
+            for n in [*self.picked, *sorted(self.pending)]
+            if n in views and self.todo[n][step] > 0
+        }
         chosen: dict[str, str] = {}
         if again:
             started = time.perf_counter()
-            chosen, _pool = self.ctx.select_auto(
+            chosen, pool = self.ctx.select_auto(
                 list(again.values()), {n: self.todo[n][step] for n in again}
             )
             self.score_seconds += time.perf_counter() - started
+            for name in self.pending & set(chosen):  # its first choice: the earlier steps' too
+                self.applied.groups[name] = replace(
+                    self.applied.groups[name], criterion=chosen[name], chosen_from=list(pool)
+                )
+                self.picked[name] = [chosen[name]] * step
+                self.pending.discard(name)
         for name, picks in self.picked.items():
             picks.append(chosen.get(name, picks[-1]))
 
@@ -294,7 +310,7 @@ class _Run:
         below = {
             name: int((scores[name] < threshold).sum())
             for name in views
-            if (threshold := _class_threshold(self.applied, name)) is not None
+            if (threshold := _class_threshold(self.applied, self.criterion(name))) is not None
         }
         if not last and any(below[n] < counts[n] for n in below):
             # The class-aware paper's loop: what the threshold spares now is offered again
@@ -457,9 +473,10 @@ def _settle(
     return {n: settled[names.index(n)] - floors[names.index(n)] for n in counts}
 
 
-def _class_threshold(policy: Policy, group: str) -> float | None:
-    """The class-importance threshold that limits removal in ``group``, if any."""
-    if policy.groups[group].criterion != "class_aware":
+def _class_threshold(policy: Policy, criterion: str) -> float | None:
+    """The class-importance threshold that limits removal by ``criterion``, if any (a group's
+    criterion at the step: with ``auto`` it may differ from step to step)."""
+    if criterion != "class_aware":
         return None
     return policy.class_aware.min_classes
 

@@ -28,7 +28,7 @@ from autoprune.criteria.taps import ChannelTaps
 from autoprune.data import TensorSplit
 from autoprune.errors import UserError
 from autoprune.modelspec import ModelSpec
-from autoprune.policy import ClassAware, GroupPolicy, Policy, Schedule
+from autoprune.policy import ClassAware, GroupPolicy, LossAware, Policy, Schedule
 
 # Total relevance (1 on the true-class logit) may drift from 1 by this much per image at a
 # feature map. Measured over 3 seeds x 16 images: at most 2.9e-3 on the plain chain below and
@@ -416,10 +416,15 @@ def test_auto_records_the_choice_of_every_group_in_the_applied_policy() -> None:
     assert Policy.from_yaml(result.policy.to_yaml()) == result.policy
 
 
-def _two_step_auto(step_choice: dict[int, str] | None, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """ResNet-20 (random weights) with every group ``auto`` at rate 0.5 in two steps; with
-    ``step_choice``, loss-aware selection is replaced by one that picks that criterion per step
-    and records the channel counts it was asked to compare."""
+def _two_step_auto(
+    step_choice: dict[int, str] | None,
+    monkeypatch: pytest.MonkeyPatch,
+    rates: dict[str, float] | None = None,
+    **policy_fields: Any,
+) -> Any:
+    """ResNet-20 (random weights) with every group ``auto`` at rate 0.5 (or ``rates``) in two
+    steps; with ``step_choice``, loss-aware selection is replaced by one that picks that
+    criterion per step and records the channel counts it was asked to compare."""
     from autoprune.criteria.loss_aware import LossAwareSelection
 
     asked: list[tuple[int, dict[str, int]]] = []
@@ -436,8 +441,9 @@ def _two_step_auto(step_choice: dict[int, str] | None, monkeypatch: pytest.Monke
     names = list(groups.current_groups(model, groups.build_graph(model, spec.example_inputs())))
     policy = Policy(
         model=spec,
-        groups={n: GroupPolicy(rate=0.5, criterion="auto") for n in names},
+        groups={n: GroupPolicy(rate=(rates or {}).get(n, 0.5), criterion="auto") for n in names},
         schedule=Schedule(iterative_steps=2),
+        **policy_fields,
     )
     calib = Calibration(TensorSplit(images, labels), "test", num_images=16)
     result = prune.apply(model, policy, ScoringInputs(calibration=calib, num_classes=10))
@@ -485,6 +491,38 @@ def test_auto_choosing_the_same_criterion_at_every_step_writes_no_step_list(
     )
 
 
+def test_a_group_the_first_step_leaves_alone_is_chosen_for_at_its_first_step_that_prunes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # conv1's group has 16 channels: one to remove in two steps is none, then one
+    result, asked, _spec, _calib = _two_step_auto(
+        {0: "l1", 1: "fpgm"}, monkeypatch, rates={"conv1": 1 / 16}
+    )
+    assert "conv1" not in asked[0][1] and asked[1][1]["conv1"] == 1
+    conv1 = result.policy.groups["conv1"]
+    assert (conv1.criterion, conv1.step_criteria, conv1.rate) == ("fpgm", None, 0.0625)
+    assert conv1.chosen_from == ["l1", "l2", "fpgm", "cos"]
+
+
+def test_the_class_threshold_spares_channels_only_at_the_steps_class_aware_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Step 0 picks class_aware (its threshold spares channels important for a class, and
+    offers them again at step 1), step 1 picks l1: no threshold caps what l1 removes there, so
+    every group loses its whole rate, as written."""
+    result, _asked, _spec, _calib = _two_step_auto(
+        {0: "class_aware", 1: "l1"},
+        monkeypatch,
+        class_aware=ClassAware(min_classes=0.5, samples_per_class=1),
+        loss_aware=LossAware(pool=["l1", "class_aware"]),
+    )
+    spared = [n for n, g in result.policy.groups.items() if g.steps and g.steps[0] < g.steps[1] - 1]
+    assert spared, "the threshold spared channels at step 0 in some group"
+    for name, group in result.policy.groups.items():
+        assert group.rate == 0.5, name  # the whole rate went
+        assert group.step_criteria == ["class_aware", "l1"], name
+
+
 def _seeded(spec: ModelSpec) -> nn.Module:
     torch.manual_seed(0)
     return spec.build().eval()
@@ -530,3 +568,11 @@ def test_an_unknown_step_criterion_is_refused_where_the_policy_meets_the_registr
     )
     with pytest.raises(UserError, match="step_criteria names l9, which are not scoring criteria"):
         criteria.check_policy(policy)
+
+    for group, message in (
+        (GroupPolicy(0.5, "auto", step_criteria=["l1", "fpgm"]), "records what auto chose"),
+        (GroupPolicy(0.5, "l1", step_criteria=["l1"]), "1 criteria for 2 iterative steps"),
+    ):
+        built = Policy(model=policy.model, groups={"conv1": group}, schedule=policy.schedule)
+        with pytest.raises(UserError, match=message):
+            criteria.check_policy(built)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -243,7 +244,7 @@ def test_a_thread_setting_holds_for_its_block_only() -> None:
 
 @pytest.mark.slow  # prunes and fine-tunes a ResNet-20
 def test_a_trial_or_replay_on_one_thread_leaves_the_callers_threads_alone(
-    random_base: Path, tmp_path: Path
+    random_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A search measures its sensitivity curves in the driver with the trials' thread count;
     a later replay in the same process ran on that one thread, slower and with other rounding."""
@@ -255,6 +256,17 @@ def test_a_trial_or_replay_on_one_thread_leaves_the_callers_threads_alone(
         retrain=Retrain(epochs=0.01, lr=0.02),
     )  # fmt: skip
     config = ObjectiveConfig(str(random_base), dataset="mnist5k", device="cpu", threads=1)
+    import autoprune.checkpoint
+    import autoprune.evaluate
+
+    seen: list[int] = []  # threads each fine-tune ran on
+
+    def finetune(*args: Any, original: Any = autoprune.evaluate.finetune) -> Any:
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    monkeypatch.setattr(autoprune.evaluate, "finetune", finetune)
+    monkeypatch.setattr(autoprune.checkpoint, "finetune", finetune)
     original = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -267,5 +279,6 @@ def test_a_trial_or_replay_on_one_thread_leaves_the_callers_threads_alone(
             threads=1, export_program_file=False, log=lambda _: None,
         )  # fmt: skip
         assert torch.get_num_threads() == 2
+        assert seen == [1, 1], "the trial and the replay fine-tuned on their one thread"
     finally:
         torch.set_num_threads(original)

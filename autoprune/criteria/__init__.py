@@ -162,6 +162,18 @@ def check_policy(policy: Policy) -> None:
             raise UserError(
                 f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
             )
+        if g.step_criteria is not None and g.criterion == "auto":
+            raise UserError(
+                f"policy groups.{name} has criterion 'auto' and step_criteria: step_criteria "
+                "records what auto chose; drop it to choose again, or name the first step's "
+                "criterion instead of auto"
+            )
+        if g.step_criteria is not None and len(g.step_criteria) != policy.schedule.iterative_steps:
+            raise UserError(
+                f"policy groups.{name}.step_criteria names {len(g.step_criteria)} criteria for "
+                f"{policy.schedule.iterative_steps} iterative steps: give one per step, or drop "
+                "it to use the group's criterion at every step"
+            )
         bad_steps = [c for c in g.step_criteria or [] if c not in scoring]
         if bad_steps:
             raise UserError(
