@@ -365,22 +365,32 @@ class Policy:
         policy._check_sections(source)
         return policy
 
+    def check_step_criteria(self, source: str = "policy") -> None:
+        """Each ``step_criteria`` names one criterion per iterative step and stands beside the
+        criterion ``auto`` chose, never beside ``auto`` itself (names are the registry's check)."""
+        for name, g in self.groups.items():
+            if g.step_criteria is None:
+                continue
+            if g.criterion == "auto":
+                raise UserError(
+                    f"{source}: groups.{name} has criterion 'auto' and step_criteria: "
+                    "step_criteria records what auto chose; drop it to choose again, or name "
+                    "the first step's criterion instead of auto"
+                )
+            if len(g.step_criteria) != self.schedule.iterative_steps:
+                raise UserError(
+                    f"{source}: groups.{name}.step_criteria names {len(g.step_criteria)} criteria "
+                    f"for {self.schedule.iterative_steps} iterative steps: give one per step, or "
+                    "drop it to use the group's criterion at every step"
+                )
+
     def _check_sections(self, source: str) -> None:
         if self.schedule.iterative_steps < 1:
             raise UserError(
                 f"{source}: schedule.iterative_steps = {self.schedule.iterative_steps} must be >= 1"
             )
         self.retrain.validate(f"{source}: retrain")
-        for name, g in self.groups.items():
-            if (
-                g.step_criteria is not None
-                and len(g.step_criteria) != self.schedule.iterative_steps
-            ):
-                raise UserError(
-                    f"{source}: groups.{name}.step_criteria names {len(g.step_criteria)} criteria "
-                    f"for {self.schedule.iterative_steps} iterative steps: give one per step, or "
-                    "drop it to use the group's criterion at every step"
-                )
+        self.check_step_criteria(source)
         if not 1 <= self.channel_multiple <= 256:
             raise UserError(
                 f"{source}: channel_multiple = {self.channel_multiple} must be in [1, 256] (e.g. 8)"

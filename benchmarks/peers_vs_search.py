@@ -168,7 +168,7 @@ def _lineage(study: Any, trial: Any) -> float:
 
     total = 0.0
     while trial is not None:
-        total += _epochs(trial)
+        total += search_ab.fine_tune_epochs(trial)
         parent = TrialRecord.from_trial(trial).promoted_from
         trial = study.trials[int(parent)] if parent is not None else None
     return total
@@ -180,14 +180,6 @@ def _trial_wall(trial: Any) -> float:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return float("nan")
-
-
-def _epochs(trial: Any) -> float:
-    from autoprune.records import TrialRecord
-
-    if trial is None:
-        return 0.0
-    return float((TrialRecord.from_trial(trial).policy or {}).get("retrain", {}).get("epochs", 0.0))
 
 
 def run_setting(
@@ -309,9 +301,15 @@ def run_setting(
             is_searched = label == SEARCHED
             if label == NO_LADDER:
                 kind, wall = "searched", search_wall - _ladder_wall(study)
-                epochs = sum(_epochs(t) for t in complete if studies.rung_of(t) == 0)
+                epochs = sum(
+                    search_ab.fine_tune_epochs(t) for t in complete if studies.rung_of(t) == 0
+                )
             elif is_searched:
-                kind, wall, epochs = "searched", search_wall, sum(_epochs(t) for t in complete)
+                kind, wall, epochs = (
+                    "searched",
+                    search_wall,
+                    sum(search_ab.fine_tune_epochs(t) for t in complete),
+                )
             else:
                 kind, wall, epochs = label.split("-")[0], _trial_wall(trial), _lineage(study, trial)
             row(

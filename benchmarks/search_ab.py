@@ -221,9 +221,12 @@ FRONT_POINTS = 4  # budgets per hand-made front, from 0.6 x B (where the space e
 FRONT_METHODS = ("uniform-l1", "torch-pruning global (magnitude)")
 
 
-def _fine_tune_epochs(trial: Any) -> float:
+def fine_tune_epochs(trial: Any) -> float:
+    """The fine-tune epochs a stored trial ran (0 for none, or no trial)."""
     from autoprune.records import TrialRecord
 
+    if trial is None:
+        return 0.0
     return float((TrialRecord.from_trial(trial).policy or {}).get("retrain", {}).get("epochs", 0))
 
 
@@ -261,7 +264,7 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
         budget, seed = r["budget"], r["seed"]
         name = f"ab-{label}-b{budget:g}-s{seed}"
         study = studies.load_study(storage, name)
-        epochs = sum(_fine_tune_epochs(t) for t in studies.completed_trials(study))
+        epochs = sum(fine_tune_epochs(t) for t in studies.completed_trials(study))
         recipe = next(
             TrialRecord.from_trial(t).applied_policy(t.number)
             for t in studies.baseline_trials(study)

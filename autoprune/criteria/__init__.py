@@ -157,22 +157,11 @@ def check_policy(policy: Policy) -> None:
             f"policy loss_aware.pool names {', '.join(bad_pool)}, which are not scoring criteria; "
             f"allowed: {', '.join(scoring)}"
         )
+    policy.check_step_criteria()  # a policy built in Python has not been through from_dict
     for name, g in policy.groups.items():
         if g.criterion not in known:
             raise UserError(
                 f"policy groups.{name}.criterion '{g.criterion}' is unknown; allowed: {', '.join(sorted(known))}"
-            )
-        if g.step_criteria is not None and g.criterion == "auto":
-            raise UserError(
-                f"policy groups.{name} has criterion 'auto' and step_criteria: step_criteria "
-                "records what auto chose; drop it to choose again, or name the first step's "
-                "criterion instead of auto"
-            )
-        if g.step_criteria is not None and len(g.step_criteria) != policy.schedule.iterative_steps:
-            raise UserError(
-                f"policy groups.{name}.step_criteria names {len(g.step_criteria)} criteria for "
-                f"{policy.schedule.iterative_steps} iterative steps: give one per step, or drop "
-                "it to use the group's criterion at every step"
             )
         bad_steps = [c for c in g.step_criteria or [] if c not in scoring]
         if bad_steps:
