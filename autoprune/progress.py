@@ -150,10 +150,14 @@ class Progress:
     def eta(self, now: float, new: int, remaining: int) -> str:
         """Time left at the pace of the trials finished since the first one: the first trial
         carries the start-up (Ray, workers, caches) and trials that ran side by side finish
-        together, so none is given until ``parallel + 1`` trials have finished."""
+        together, so none is given until ``parallel + 1`` trials have finished. Another driver's
+        trials count too, so the first update may already see more than that: the pace then
+        waits for one more."""
         if self.first is None or new <= self.parallel:
             return "?"
         since, counted = self.first
+        if new <= counted:
+            return "?"
         return duration((now - since) / (new - counted) * remaining)
 
 

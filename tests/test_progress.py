@@ -157,3 +157,11 @@ def test_the_eta_waits_for_more_trials_than_run_side_by_side() -> None:
     assert etas[:2] == ["?", "?"]  # 2 s between the first two says nothing of the pace
     assert etas[2:] == ["8m30s", "5m31s"]  # (120-60)/2 x 17, (122-60)/3 x 16
     assert _etas(1, [(10, 20)], total=20) == ["0s"]
+
+
+@pytest.mark.usefixtures("plain_env")
+def test_the_eta_waits_when_another_driver_finished_trials_first() -> None:
+    # Two drivers share a study: this one's first update already counts 3 finished trials
+    # (2 of them the other driver's), and a screened-out trial leaves the count where it was.
+    # Neither says anything of the pace; the next finished trial does.
+    assert _etas(1, [(60, 3), (70, 3), (90, 4)]) == ["?", "?", "8m00s"]  # 30 s x 16
