@@ -38,15 +38,19 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two pytest-xdist workers, one per core of the 2-core machines CI runs on (tests/conftest.py
+# keeps torch on one thread in each); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 pytest: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: lint typecheck pytest
 
 # The edit loop, under 2 minutes: the tests not marked slow (real searches, Ray, PostgreSQL,
 # installs, training, fresh interpreters, models larger than ResNet-20; tests/conftest.py).
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # docs/cli.md is generated from the parser; tests/test_docs.py fails when it is stale.
 docs: setup

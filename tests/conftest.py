@@ -26,6 +26,14 @@ import torch
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# ``make test`` runs two pytest-xdist workers, one per core of the machines this project is
+# tested on. Each keeps torch on one thread (and so does every process a test starts: CLI
+# children, Ray workers, the searches' trials), as two workers on two threads each would spend
+# the cores waiting on each other: measured, the suite took longer on two workers than on one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 # The edit loop (``make test-fast``, ``-m "not slow"``) leaves out every test that needs one of
 # these fixtures, as if it were marked ``slow``: training the session's base costs about 30 s
@@ -47,14 +55,39 @@ def autoprune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def _made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """``name`` under the run's shared temporary folder, made by the first process that needs it.
+
+    Each pytest-xdist worker has a session of its own, so a session fixture would run once per
+    worker; a file lock in the folder the workers share lets the first make it and the others
+    wait for it, as in a run without workers.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, above each worker's popen-gwK/
+    target, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            make(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ResNet-20 base checkpoint trained on mnist5k (3 epochs; ~96-99% val accuracy)."""
     from autoprune.base import train_base
 
-    out = tmp_path_factory.mktemp("base") / "resnet20-mnist5k.pt"
-    train_base("resnet20", "mnist5k", 3.0, out, log=lambda _: None)
-    return out
+    def make(folder: Path) -> None:
+        train_base("resnet20", "mnist5k", 3.0, folder / "resnet20-mnist5k.pt", log=lambda _: None)
+
+    return _made_once(tmp_path_factory, "base", make) / "resnet20-mnist5k.pt"
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +101,12 @@ def sensitivity_curves_dir(trained_base: Path, tmp_path_factory: pytest.TempPath
     from autoprune.config import SearchConfig
     from autoprune.space import SearchSpace
 
-    folder = tmp_path_factory.mktemp("sensitivity")
-    config = SearchConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
-    objective = prepare.objective_config(config, SearchSpace.load(config.space))
-    priors.sensitivity_curves(objective, cache_dir=folder)
-    return folder
+    def make(folder: Path) -> None:
+        config = SearchConfig(base_checkpoint=str(trained_base), dataset="mnist5k")
+        objective = prepare.objective_config(config, SearchSpace.load(config.space))
+        priors.sensitivity_curves(objective, cache_dir=folder)
+
+    return _made_once(tmp_path_factory, "sensitivity", make)
 
 
 @pytest.fixture

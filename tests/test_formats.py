@@ -166,7 +166,7 @@ def test_search_of_the_embedded_default_reads_back_through_every_format(
     args = [
         "search", "--base-checkpoint", str(trained_base), "--space", FAST_SPACE, "--trials", "2",
         "--screen", "1", "--baselines", "none", "--executor", "local", "--storage", url,
-        "--study", "t", "--quiet", "--cpus-per-trial", "2",
+        "--study", "t", "--quiet", "--cpus-per-trial", "1",
     ]  # fmt: skip
     assert main(args) == 0
     folder = tmp_path / "policies" / "t"

@@ -120,7 +120,7 @@ def _search(base: Path, db: Path, *extra: str) -> list[str]:
     return [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--trials", "3", "--baselines", "none", "--executor", "local", "--storage", f"sqlite:///{db}", "--study", "q",
-        "--quiet", "--cpus-per-trial", "2", "--space", FAST_SPACE, "--screen", "1", *extra,
+        "--quiet", "--cpus-per-trial", "1", "--space", FAST_SPACE, "--screen", "1", *extra,
     ]  # fmt: skip
 
 

@@ -34,7 +34,7 @@ def _search(base: Path, db: Path, *extra: str) -> list[str]:
     return [
         "search", "--base-checkpoint", str(base), "--dataset", "mnist5k", "--space", FAST_SPACE,
         "--trials", "2", "--executor", "local", "--storage", f"sqlite:///{db}", "--study", "t",
-        "--quiet", "--cpus-per-trial", "2", "--screen", "2", "--baselines", "none", *extra,
+        "--quiet", "--cpus-per-trial", "1", "--screen", "2", "--baselines", "none", *extra,
     ]  # fmt: skip
 
 

@@ -130,7 +130,7 @@ def test_search_resume_show_and_export_with_postgres(
     search = [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(trained_base),
         "--dataset", "mnist5k", "--space", FAST_SPACE, "--trials", "2", "--executor", "local",
-        "--storage", postgres_url, "--study", "pg", "--quiet", "--cpus-per-trial", "2", "--screen", "1",
+        "--storage", postgres_url, "--study", "pg", "--quiet", "--cpus-per-trial", "1", "--screen", "1",
     ]  # fmt: skip
     assert main(search) == 0
     study = optuna.load_study(study_name="pg", storage=postgres_url)

@@ -111,7 +111,7 @@ def test_search_to_a_log_file_writes_one_line_per_trial(trained_base: Path, tmp_
     text = run(
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(trained_base),
         "--dataset", "mnist5k", "--space", FAST_SPACE, "--trials", "3", "--screen", "1",
-        "--baselines", "none", "--executor", "local", "--study", "t", "--cpus-per-trial", "2",
+        "--baselines", "none", "--executor", "local", "--study", "t", "--cpus-per-trial", "1",
     )  # fmt: skip
     assert "\x1b" not in text
     lines = text.splitlines()

@@ -29,7 +29,7 @@ def _search_args(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
     return [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--space", FAST_SPACE, "--trials", str(trials), "--executor", "local", "--storage", f"sqlite:///{db}",
-        "--study", "t", "--quiet", "--cpus-per-trial", "2", "--screen", "1", *extra,
+        "--study", "t", "--quiet", "--cpus-per-trial", "1", "--screen", "1", *extra,
     ]  # fmt: skip
 
 
@@ -267,7 +267,6 @@ def test_ray_and_local_executors_give_the_same_policies(trained_base: Path, work
             "--screen", "2",
         )  # fmt: skip
         args[args.index("local")] = executor
-        args[args.index("--cpus-per-trial") + 1] = "1"
         assert main(args) == 0
         results[executor] = [
             (t.number, t.params, t.user_attrs["policy"]["groups"])

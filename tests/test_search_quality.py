@@ -30,7 +30,7 @@ def _search(base: Path, db: Path, trials: int, *extra: str) -> list[str]:
     return [
         "search", "--budget-flops", "0.5", "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--trials", str(trials), "--executor", "local", "--storage", f"sqlite:///{db}",
-        "--study", "q", "--quiet", "--cpus-per-trial", "2", *extra,
+        "--study", "q", "--quiet", "--cpus-per-trial", "1", *extra,
     ]  # fmt: skip
 
 

@@ -58,7 +58,7 @@ def test_concat_se_network_searches_and_replays(
     args = [
         "search", "--model", MODEL, "--base-checkpoint", str(base), "--dataset", "mnist5k",
         "--budget-flops", "0.5", "--trials", "4", "--space", str(space), "--executor", "local",
-        "--storage", f"sqlite:///{db}", "--study", "u", "--quiet", "--cpus-per-trial", "2",
+        "--storage", f"sqlite:///{db}", "--study", "u", "--quiet", "--cpus-per-trial", "1",
         "--screen", "2",
     ]  # fmt: skip
     assert main(args) == 0
