@@ -527,7 +527,9 @@ def write_markdown(
             "uniform-l1 (the study's own baseline and recipe) and Torch-Pruning's global "
             f"magnitude pruning at {search_ab.FRONT_POINTS} budgets from 0.6 x B to B, each "
             "fine-tuned for an equal share of the epochs the search spent; *search − it* is "
-            "paired by seed.",
+            "paired by seed. The last row separates the policies from the epochs: the searched "
+            "front's own policies, each fine-tuned again from the base for an equal share of "
+            "the same epochs, as a user would after the search (so twice the epochs in all).",
             "",
             *front_lines,
             "",

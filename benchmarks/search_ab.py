@@ -218,7 +218,11 @@ def report(a: str, b: str, out: Path) -> None:
 
 
 FRONT_POINTS = 4  # budgets per hand-made front, from 0.6 x B (where the space explores) to B
-FRONT_METHODS = ("uniform-l1", "torch-pruning global (magnitude)")
+FRONT_METHODS = (
+    "uniform-l1",
+    "torch-pruning global (magnitude)",
+    "searched front's policies, fine-tuned again",
+)
 
 
 def fine_tune_epochs(trial: Any) -> float:
@@ -238,7 +242,12 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
     ``points`` models at MACs ratios evenly from 0.6 x B to B, each fine-tuned E / points epochs
     (uniform-l1: the study's own baseline with its recipe, replayed at each ratio;
     Torch-Pruning: its library's global pruning, then autoprune's fine-tune with that recipe),
-    measured on the val split as the search's trials are. Rows go to ``fronts-LABEL.jsonl``.
+    measured on the val split as the search's trials are. A fourth front separates the policies
+    from the epochs: the searched front's own policies, each fine-tuned again from the base for
+    E / (its points) epochs, as a user would after the search (so E more in all).
+
+    Rows go to ``fronts-LABEL.jsonl``; a (budget, seed, method) row already there is not
+    measured again, so an interrupted run, or a method added later, costs only what is missing.
     """
     import copy
     from dataclasses import replace
@@ -249,17 +258,26 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
     from autoprune.base import default_base_path, load_base
     from autoprune.checkpoint import replay
     from autoprune.evaluate import load_splits
-    from autoprune.policy import GroupPolicy
+    from autoprune.policy import GroupPolicy, Policy
     from autoprune.records import TrialRecord
     from autoprune.train import TrainConfig, evaluate, finetune_pruned, select_device
 
     base = default_base_path("resnet20", DATASET)
     storage = studies.open_storage(f"sqlite:///{(out / f'{label}.db').resolve()}")
     rows = [r for r in _load(out, label) if r["method"] == "searched"]
+    written = {(r["budget"], r["seed"], r["method"]) for r in _load(out, f"fronts-{label}")}
     device = select_device("auto")
     loaded = load_base(base)
     splits = load_splits(DATASET, None)
     example = loaded.spec.example_inputs().to(device)
+
+    def replayed(policy: Policy, epochs: float, path: Path) -> tuple[float, float]:
+        result = replay(
+            policy, base_checkpoint=str(base), epochs=epochs, export_program_file=False,
+            out=path, log=lambda _line: None,
+        )  # fmt: skip
+        return (result.macs_ratio, result.val_accuracy)
+
     for r in sorted(rows, key=lambda r: (-r["budget"], r["seed"])):
         budget, seed = r["budget"], r["seed"]
         name = f"ab-{label}-b{budget:g}-s{seed}"
@@ -273,37 +291,61 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
         assert recipe is not None
         each = epochs / points
         ratios = [budget * (0.6 + 0.4 * i / (points - 1)) for i in range(points)]
-        made: dict[str, list[tuple[float, float]]] = {m: [] for m in FRONT_METHODS}
-        for ratio in ratios:
-            uniform = replace(
-                recipe, target_macs_ratio=ratio, measured={}, removed_sha256=None,
-                groups={g: GroupPolicy(rate=0.5, criterion="l1") for g in recipe.groups},
-                retrain=replace(recipe.retrain, epochs=each),
-            )  # fmt: skip
-            result = replay(
-                uniform, base_checkpoint=str(base), epochs=each, export_program_file=False,
-                out=out / "checkpoints" / f"{name}-front-uniform-{ratio:.3f}.pt",
-                log=lambda _line: None,
-            )  # fmt: skip
-            made["uniform-l1"].append((result.macs_ratio, result.val_accuracy))
-            cut = peers.torch_pruning_global(
-                loaded.build().to(device), example, ratio, importance="magnitude",
-                calibration=splits.calibration, device=device,
-            )  # fmt: skip
-            tuned = copy.deepcopy(cut.model)
-            finetune_pruned(
-                tuned, splits.train, splits.calibration,
-                TrainConfig(replace(recipe.retrain, epochs=each), cudnn_benchmark=False), device,
-                seed=recipe.seed,
-            )  # fmt: skip
-            accuracy = evaluate(tuned, splits.val, device).accuracy
-            made["torch-pruning global (magnitude)"].append((cut.macs_ratio, accuracy))
-        searched = [(p.ratio(), p.val_accuracy) for p in studies.pareto_front(study)]
-        for method, front in [("searched", searched), *made.items()]:
+        front = studies.pareto_front(study)
+        refit_each = epochs / len(front)
+
+        def uniform_l1() -> list[tuple[float, float]]:
+            made = []
+            for ratio in ratios:
+                uniform = replace(
+                    recipe, target_macs_ratio=ratio, measured={}, removed_sha256=None,
+                    groups={g: GroupPolicy(rate=0.5, criterion="l1") for g in recipe.groups},
+                    retrain=replace(recipe.retrain, epochs=each),
+                )  # fmt: skip
+                path = out / "checkpoints" / f"{name}-front-uniform-{ratio:.3f}.pt"
+                made.append(replayed(uniform, each, path))
+            return made
+
+        def torch_pruning() -> list[tuple[float, float]]:
+            made = []
+            for ratio in ratios:
+                cut = peers.torch_pruning_global(
+                    loaded.build().to(device), example, ratio, importance="magnitude",
+                    calibration=splits.calibration, device=device,
+                )  # fmt: skip
+                tuned = copy.deepcopy(cut.model)
+                finetune_pruned(
+                    tuned, splits.train, splits.calibration,
+                    TrainConfig(replace(recipe.retrain, epochs=each), cudnn_benchmark=False),
+                    device, seed=recipe.seed,
+                )  # fmt: skip
+                made.append((cut.macs_ratio, evaluate(tuned, splits.val, device).accuracy))
+            return made
+
+        def refit() -> list[tuple[float, float]]:
+            return [
+                replayed(
+                    replace(p.policy, retrain=replace(p.policy.retrain, epochs=refit_each)),
+                    refit_each, out / "checkpoints" / f"{name}-front-refit-{p.number}.pt",
+                )  # fmt: skip
+                for p in front
+            ]
+
+        measure = {
+            "searched": lambda: [(p.ratio(), p.val_accuracy) for p in front],
+            FRONT_METHODS[0]: uniform_l1,
+            FRONT_METHODS[1]: torch_pruning,
+            FRONT_METHODS[2]: refit,
+        }
+        for method, make in measure.items():
+            if (budget, seed, method) in written:
+                continue
+            points_made = make()
             row = {
                 "label": label, "budget": budget, "seed": seed, "method": method,
-                "hypervolume": studies.hypervolume(front), "points": front,
-                "epochs_total": epochs, "epochs_each": None if method == "searched" else each,
+                "hypervolume": studies.hypervolume(points_made), "points": points_made,
+                "epochs_total": epochs,
+                "epochs_each": {"searched": None, FRONT_METHODS[2]: refit_each}.get(method, each),
             }  # fmt: skip
             print(json.dumps(row), flush=True)
             with (out / f"fronts-{label}.jsonl").open("a") as f:
@@ -339,9 +381,14 @@ def front_table(out: Path, label: str) -> list[str]:
                 )
             )
             spent = statistics.mean(runs[s]["epochs_total"] for s in seeds)
-            each = runs[seeds[0]]["epochs_each"]
-            n = len(runs[seeds[0]]["points"])
-            how = f"{spent:.1f} ({n} points)" if each is None else f"{spent:.1f} ({n} x {each:.2f})"
+            n = statistics.mean(len(runs[s]["points"]) for s in seeds)
+            if method == "searched":
+                how = f"{spent:.1f} ({n:.3g} points)"
+            else:
+                each = statistics.mean(runs[s]["epochs_each"] for s in seeds)
+                how = f"{spent:.1f} ({n:.3g} x {each:.2f})"
+                if method == FRONT_METHODS[2]:  # after the search's own E
+                    how = f"{spent:.1f} + {how}"
             lines.append(
                 f"| {budget:g} | {method} | {_mean_se(hv)} | {margin} | {how} | {len(seeds)} |"
             )

@@ -122,10 +122,11 @@ def _front_rows(path: Path) -> None:
         for method, hv, each in (
             ("searched", searched, None), ("uniform-l1", uniform, 0.35),
             ("torch-pruning global (magnitude)", 0.60, 0.35),
+            ("searched front's policies, fine-tuned again", searched + 0.01, 1.4 / 3),
         ):  # fmt: skip
             rows.append({
                 "label": "default", "budget": 0.2, "seed": seed, "method": method,
-                "hypervolume": hv, "points": [[0.2, 0.8]] * (3 if each is None else 4),
+                "hypervolume": hv, "points": [[0.2, 0.8]] * (4 if each == 0.35 else 3),
                 "epochs_total": 1.4, "epochs_each": each,
             })  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -140,6 +141,11 @@ def test_the_front_table_pairs_each_hand_made_front_with_the_search(tmp_path: Pa
         lines[3] == "| 0.2 | uniform-l1 | 0.6733 ± 0.0133 | +0.0367 ± 0.0088 | 1.4 (4 x 0.35) | 3 |"
     )
     assert lines[4].startswith("| 0.2 | torch-pruning global (magnitude) | 0.6000 ± 0.0000 |")
+    # The searched policies fine-tuned again after the search: its E, then E more over 3 points.
+    assert lines[5] == (
+        "| 0.2 | searched front's policies, fine-tuned again | 0.7200 ± 0.0058 | -0.0100 ± 0.0000"
+        " | 1.4 + 1.4 (3 x 0.47) | 3 |"
+    )
 
 
 def test_benchmarks_md_carries_the_front_table_when_fronts_were_measured(tmp_path: Path) -> None:
