@@ -278,7 +278,7 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
         )  # fmt: skip
         return (result.macs_ratio, result.val_accuracy)
 
-    for r in sorted(rows, key=lambda r: (-r["budget"], r["seed"])):
+    def measure_row(r: dict) -> None:
         budget, seed = r["budget"], r["seed"]
         name = f"ab-{label}-b{budget:g}-s{seed}"
         study = studies.load_study(storage, name)
@@ -323,13 +323,12 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
             return made
 
         def refit() -> list[tuple[float, float]]:
-            return [
-                replayed(
-                    replace(p.policy, retrain=replace(p.policy.retrain, epochs=refit_each)),
-                    refit_each, out / "checkpoints" / f"{name}-front-refit-{p.number}.pt",
-                )  # fmt: skip
-                for p in front
-            ]
+            made = []
+            for p in front:
+                policy = replace(p.policy, retrain=replace(p.policy.retrain, epochs=refit_each))
+                path = out / "checkpoints" / f"{name}-front-refit-{p.number}.pt"
+                made.append(replayed(policy, refit_each, path))
+            return made
 
         measure = {
             "searched": lambda: [(p.ratio(), p.val_accuracy) for p in front],
@@ -350,6 +349,9 @@ def fronts(label: str, out: Path, points: int = FRONT_POINTS) -> None:
             print(json.dumps(row), flush=True)
             with (out / f"fronts-{label}.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+    for r in sorted(rows, key=lambda r: (-r["budget"], r["seed"])):
+        measure_row(r)
     print("\n".join(front_table(out, label)))
 
 
