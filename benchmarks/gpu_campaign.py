@@ -585,9 +585,8 @@ def searches_stage(sizes: Sizes, campaign: Campaign) -> Callable[[float], dict[s
     start, the sensitivity pass, a worker's first CUDA work), then one per fraction, stopped
     (SIGINT, as Ctrl-C) when its slice of time is spent, rated by steady state."""
 
-    def run(seconds: float) -> dict[str, Any]:
+    def run_in(home: Path, seconds: float) -> dict[str, Any]:
         deadline = time.monotonic() + seconds
-        home = Path(tempfile.mkdtemp(prefix="campaign-home-"))
         env = {"AUTOPRUNE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         autoprune = [sys.executable, "-m", "autoprune"]
         storage = f"sqlite:///{home / 'campaign.db'}"
@@ -690,6 +689,13 @@ def searches_stage(sizes: Sizes, campaign: Campaign) -> Callable[[float], dict[s
         if failed:
             out.update(status="error", error=f"searches at {failed} GPU failed (see the log)")
         return out
+
+    def run(seconds: float) -> dict[str, Any]:
+        home = Path(tempfile.mkdtemp(prefix="campaign-home-"))
+        try:
+            return run_in(home, seconds)
+        finally:  # the studies came back as searches.db; the base and policies are not kept
+            shutil.rmtree(home, ignore_errors=True)
 
     return run
 

@@ -4,8 +4,11 @@ while no GPU is at hand, so the scarce GPU minutes are never spent on a script t
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,23 @@ def load_campaign() -> Any:
 @pytest.mark.ray
 def test_the_dry_run_runs_every_stage_and_reports_them(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(CAMPAIGN), "--dry-run", "--out", str(out), "--budget-s", "900"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-    )
+    # The campaign's temporary files go to a directory of their own, short enough for Ray's
+    # socket paths (107 bytes at most), so that the test can see that none are left behind.
+    scratch = Path(tempfile.mkdtemp(prefix="apc-"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(CAMPAIGN), "--dry-run", "--out", str(out), "--budget-s", "900"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+        left = sorted(p.name for p in scratch.glob("campaign-home-*"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not left, f"the searches' homes are removed: {left}"
     results = json.loads((out / "campaign.json").read_text())
     stages = results["stages"]
     assert list(stages) == ["machine", "cuda_tests", "throughput", "autotune", "searches"]
