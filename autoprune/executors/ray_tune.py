@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from autoprune import study as studies
@@ -81,6 +82,11 @@ def run_ray(
     from ray.tune import FailureConfig, RunConfig
     from ray.tune.search import ConcurrencyLimiter
 
+    # The shipment's base scores are computed while Ray starts: its start mostly waits on
+    # the processes it spawns, which leaves the driver's cores to the scoring.
+    packing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack")
+    packed = packing.submit(pack, objective, space.criteria, config.seed)
+    packing.shutdown(wait=False)  # its one thread ends when the shipment is made
     started_here = not ray.is_initialized()
     if started_here:
         if config.ray_address:
@@ -95,6 +101,7 @@ def run_ray(
                 configure_logging=True,
             )
     try:
+        shipment = packed.result()  # a bad base checkpoint raises its UserError here
         streak = FailureStreak(study.study_name)
         policies = policy_searcher(study, space, ctx, config, progress, missing, refill, streak)
         searcher = ConcurrencyLimiter(policies, max_concurrent=config.max_concurrent)
@@ -104,7 +111,6 @@ def run_ray(
             **(config.resources_per_trial or {}),  # custom resources, e.g. {"worker_node": 1}
         }
         # Put in the object store once by with_parameters; every worker reads it from there.
-        shipment = pack(objective, space.criteria, config.seed)
         parameters = tune.with_parameters(
             trainable,
             objective=objective,
