@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from autoprune.modes import model_mode
+from autoprune.tplib import count_ops_and_params, tp
 
 PRUNABLE_ROOTS = (nn.Conv2d, nn.Linear)
 # torch has no public base class for its batch norms (BatchNorm1d/2d/3d, SyncBatchNorm and the
@@ -200,7 +200,7 @@ def discover_groups(
     graph = build_graph(model, example_inputs)
     if excluded is not None:
         excluded.update(excluded_groups(model, graph))
-    total, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+    total, _, layer_macs, _ = count_ops_and_params(model, example_inputs, layer_wise=True)
     infos = []
     for view in current_views(model, graph):
         touched = {

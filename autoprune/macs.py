@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from autoprune.groups import build_graph, current_groups, excluded_groups, view_of
 from autoprune.modes import model_mode
+from autoprune.tplib import count_ops_and_params, tp
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) of ``model`` for one forward pass of ``example_inputs``."""
     with model_mode(model), torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        macs, params = count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
 
 
@@ -84,7 +84,7 @@ class MacsModel:
         out_of = {module: s for (module, is_out), s in sides.items() if is_out}
         in_of = {module: s for (module, is_out), s in sides.items() if not is_out}
         with model_mode(model):
-            total, self.params, layer_macs, _ = tp.utils.count_ops_and_params(
+            total, self.params, layer_macs, _ = count_ops_and_params(
                 model, example_inputs, layer_wise=True
             )
             owners = _elementwise_owners(model, example_inputs, out_of)

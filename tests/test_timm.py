@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -282,3 +284,53 @@ def test_train_search_export_and_replay_a_timm_model(
     onnx = ["onnx", str(out), "--batch", "2", "--repeats", "1", "--threads", "1"]
     assert main(onnx) == 0
     assert "onnxruntime ms" in capsys.readouterr().out
+
+
+# A small vision transformer: timm's ``Attention`` is a module torch-pruning counts with a hook
+# of its own, registered only when torch-pruning finds timm (``autoprune.tplib``).
+VIT = "timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, num_classes=10)"
+
+
+def test_the_package_counts_macs_without_importing_timm(
+    run_python: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """The engine (driver, Ray worker, CLI) loads no timm: 2.7 s of each process's start."""
+    run_python(
+        """
+        import sys
+        import torch
+        from autoprune import evaluate, macs, models
+        assert "timm" not in sys.modules, "timm was imported"
+        model = models.create("resnet20", num_classes=10, in_channels=1)
+        assert macs.count_macs_params(model, torch.zeros(1, 1, 28, 28))[0] > 0
+        assert "timm" not in sys.modules, "timm was imported by counting"
+        import timm  # and timm still imports afterwards
+        """
+    )
+
+
+def test_a_vision_transformers_macs_are_torch_prunings_whichever_is_imported_first(
+    run_python: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    stock = run_python(  # torch-pruning as its users import it: timm first, hooks at import
+        f"""
+        import timm, torch, torch_pruning as tp
+        torch.manual_seed(0)
+        print(tp.utils.count_ops_and_params({VIT}, torch.zeros(1, 3, 32, 32))[0])
+        """
+    )
+    ours = run_python(  # autoprune first (timm hidden from torch-pruning), then a timm model
+        f"""
+        import torch
+        from autoprune import macs, tplib
+        assert not tplib.tp.utils.op_counter.has_timm
+        import timm
+        torch.manual_seed(0)
+        model, x = {VIT}, torch.zeros(1, 3, 32, 32)
+        unhooked = tplib.tp.utils.count_ops_and_params(model, x)[0]
+        print(macs.count_macs_params(model, x)[0], unhooked)
+        """
+    )
+    counted, unhooked = (float(v) for v in ours.stdout.split())
+    assert counted == float(stock.stdout)
+    assert unhooked < counted, "the attention hook adds MACs: without it the count is short"
