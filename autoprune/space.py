@@ -9,6 +9,7 @@ listed by ``autoprune spaces``) or any path::
     allocation:                     # rates = a prior allocation x 2**multiplier per unit
       priors: [sensitivity, uniform, global]
       spread: 1.0                   # multipliers are sampled in [-spread, spread] (log2)
+      floor: 0.0                    # a raised multiplier m > 0 adds floor x (2**m - 1) to every rate
     # rate: {low: 0.0, high: 0.8}   # instead of allocation: raw rates, sampled freely
     max_rate: 0.9                   # cap on any group's rate after projection
     criteria: [l1, fpgm, energy]    # allowed criteria
@@ -109,6 +110,9 @@ class SearchSpace:
     max_blocks_per_stage: int = 0
     priors: list[str] = field(default_factory=list)  # empty: raw rates (``rate``) are sampled
     spread: float = 1.0  # log2 range of the per-unit multipliers on a prior's rates
+    # what a raised multiplier (m > 0) adds to every rate of its unit: floor x (2**m - 1), so a
+    # group its prior leaves whole (rate 0) can still be pruned; at m <= 0 rates are the prior's
+    floor: float = 0.0
     explore: float = DEFAULT_EXPLORE  # share of searched brackets that sample a lower target
     source: str = ""  # the file it came from, for messages
     description: str = ""  # one line on what the space is for (``autoprune spaces``)
@@ -315,6 +319,15 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ params -> policy
 
+    def allocated(self, prior_rate: float, params: dict[str, Any], unit: str) -> float:
+        """A group's rate before projection: its prior's rate moved by its unit's multiplier.
+
+        ``prior x 2**m``, plus ``floor x (2**m - 1)`` when ``m > 0``: at ``m = 0`` the rate is the
+        prior's (a baseline), and without a floor a prior rate of 0 stays 0 at every ``m``.
+        """
+        factor = 2.0 ** float(params[f"scale:{unit}"])
+        return prior_rate * factor + self.floor * max(factor - 1.0, 0.0)
+
     def to_policy(self, params: dict[str, Any], ctx: SpaceContext) -> Policy:
         """The policy a set of sampled params stands for (before budget projection)."""
         dropped: list[str] = []
@@ -331,9 +344,7 @@ class SearchSpace:
             )
             if self.priors:
                 prior = ctx.priors[str(params.get("prior", self.priors[0]))]
-                rate = min(
-                    self.max_rate, prior.get(group, 0.0) * 2.0 ** float(params[f"scale:{unit}"])
-                )
+                rate = min(self.max_rate, self.allocated(prior.get(group, 0.0), params, unit))
             else:
                 rate = float(params[f"rate:{unit}"])
             groups[group] = GroupPolicy(rate=rate, criterion=str(criterion))
@@ -429,10 +440,12 @@ def build_context(
 
 
 def _read_allocation(space: SearchSpace, a: Any, source: str) -> None:
-    """``allocation: {priors: [...], spread: X}``: the priors sampled around, and how far."""
-    if not isinstance(a, dict) or set(a) - {"priors", "spread"} or "priors" not in a:
+    """``allocation: {priors: [...], spread: X, floor: Y}``: the priors sampled around, how far,
+    and the floor a raised multiplier lifts every rate by."""
+    if not isinstance(a, dict) or set(a) - {"priors", "spread", "floor"} or "priors" not in a:
         raise UserError(
             f"{source}: field 'allocation' must be {{priors: [{', '.join(PRIORS)}], spread: X}}"
+            " (and optionally floor: Y)"
         )
     names = _list(a["priors"], "allocation.priors", source)
     bad = [str(n) for n in names if n not in PRIORS]
@@ -442,6 +455,7 @@ def _read_allocation(space: SearchSpace, a: Any, source: str) -> None:
         )
     space.priors = list(dict.fromkeys(str(n) for n in names))
     space.spread = _float(a.get("spread", space.spread), "allocation.spread", source, 0.0, 4.0)
+    space.floor = _float(a.get("floor", space.floor), "allocation.floor", source, 0.0, 0.5)
 
 
 def _criteria(names: Any, source: str) -> list[str]:

@@ -67,6 +67,11 @@ ABLATIONS: dict[str, tuple[str, str]] = {
         "base (the code before 8d7efbe, `ablate-auto-steps.yaml`)",
     ),
     "tpe-univariate": (CONTROL, "TPE without `multivariate` (`--sampler tpe-univariate`)"),
+    "floor": (
+        CONTROL,
+        "a floor under the priors' rates (`allocation.floor: 0.1`): a raised multiplier also "
+        "prunes the groups a prior leaves whole",
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -81,6 +82,7 @@ def test_dropped_blocks_remove_their_groups() -> None:
         ({"iterative_steps": [0]}, "iterative_steps"),
         ({"depth": {"max_blocks_per_stage": -1}}, "max_blocks_per_stage"),
         ({"target_macs_ratio": {"low": 0.2, "high": 0.4}}, "--budget-flops"),
+        ({"allocation": {"priors": ["uniform"], "floor": 0.9}}, "'allocation.floor'"),
     ],
 )
 def test_bad_space_fields_name_the_field_and_the_fix(raw: dict, needle: str) -> None:
@@ -135,6 +137,40 @@ def test_prior_multipliers_scale_a_stage_of_the_prior() -> None:
     assert {round(g.rate, 6) for n, g in policy.groups.items() if ctx.group_stage[n] == "b"} == {
         0.3
     }
+
+
+def test_a_floor_lets_a_raised_multiplier_prune_groups_the_prior_leaves_whole() -> None:
+    ctx = space_context()
+    ctx.priors["sensitivity"] = {
+        n: (0.0 if ctx.group_stage[n] == "a" else 0.3) for n in ctx.group_names
+    }
+    plain = SearchSpace.load("default")
+    floored = replace(plain, floor=0.1)
+
+    def rates(space: SearchSpace, scale: float) -> dict[str, set[float]]:
+        params = {**_sample(space, ctx, explore=False), "prior": "sensitivity"}
+        params |= {"scale:a": scale, "scale:b": scale}
+        policy = space.to_policy(params, ctx)
+        out: dict[str, set[float]] = {}
+        for name, group in policy.groups.items():
+            out.setdefault(ctx.group_stage[name], set()).add(round(group.rate, 6))
+        return out
+
+    # without a floor a prior rate of 0 stays 0 whatever the multiplier (the issue it fixes)
+    assert rates(plain, 1.0) == {"a": {0.0}, "b": {0.6}}
+    # with one, a raised multiplier adds floor x (2**m - 1): 0.1 at m = 1, 0.1 x (sqrt 2 - 1) at 0.5
+    assert rates(floored, 1.0) == {"a": {0.1}, "b": {0.7}}
+    lift = 0.1 * (2**0.5 - 1)
+    assert rates(floored, 0.5) == {"a": {round(lift, 6)}, "b": {round(0.3 * 2**0.5 + lift, 6)}}
+    # at m <= 0 the rates are the prior's, so the baselines (m = 0) are unchanged
+    assert rates(floored, 0.0) == rates(plain, 0.0) == {"a": {0.0}, "b": {0.3}}
+    assert rates(floored, -1.0) == rates(plain, -1.0)
+    assert (
+        SearchSpace.from_dict(
+            {"allocation": {"priors": ["sensitivity"], "floor": 0.1}}, source="s.yaml"
+        ).floor
+        == 0.1
+    )
 
 
 def test_criterion_per_stage_is_one_choice_per_stage() -> None:
