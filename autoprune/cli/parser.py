@@ -212,7 +212,11 @@ def _search(sub: Sub) -> None:
         help="tpe, tpe-spread (random start-up spent on searched candidates, not baselines), "
         "tpe-univariate (a density per parameter), nsga2, gp or random (default tpe)",
     )
-    p.add_argument("--seed", type=int, help="sampler and policy seed (default 0)")
+    p.add_argument(
+        "--seed", type=int,
+        help="sampler and policy seed (default 0); with trials at once, the order they finish in "
+        "also steers the sampler: --max-concurrent 1 repeats a search exactly",
+    )  # fmt: skip
     p.add_argument("--executor", help=EXECUTOR_HELP)
     p.add_argument("--max-concurrent", type=int, metavar="N", help="trials at once (default 2)")
     p.add_argument(
