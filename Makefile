@@ -47,9 +47,10 @@ pytest: setup
 
 # Lint and type-check run beside the tests, not before them: on a fresh clone they take ~25 s
 # of one core, and the tests leave the cores idle part of the time (waiting on Ray, servers and
-# child processes). Output is synchronised by line; any failure fails `make test` once all ended.
+# child processes). Their few lines may land among pytest's progress dots (make's output sync
+# would hold pytest's until it ends); any failure fails `make test` once the others have ended.
 test: setup
-	@$(MAKE) --no-print-directory -j3 --output-sync=line lint typecheck pytest
+	@$(MAKE) --no-print-directory -j3 lint typecheck pytest
 
 # The edit loop, under 2 minutes: the tests not marked slow (real searches, Ray, PostgreSQL,
 # installs, training, fresh interpreters, models larger than ResNet-20; tests/conftest.py).
