@@ -49,7 +49,7 @@ pytest: setup
 # of one core, and the tests leave the cores idle part of the time (waiting on Ray, servers and
 # child processes). Their few lines may land among pytest's progress dots (make's output sync
 # would hold pytest's until it ends); any failure fails `make test` once the others have ended.
-test: setup
+test:  # the sub-make sets up once, for all three
 	@$(MAKE) --no-print-directory -j3 lint typecheck pytest
 
 # The edit loop, under 2 minutes: the tests not marked slow (real searches, Ray, PostgreSQL,
