@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ class Item:
     path: Path
     name: str
     slow: bool = False
-    fixturenames: tuple[str, ...] = field(default=())
+    fixturenames: tuple[str, ...] = ()
 
     def get_closest_marker(self, name: str) -> Any:
         return name if name == "slow" and self.slow else None
