@@ -419,8 +419,8 @@ def finetune(
     pruned: Pruned, config: ObjectiveConfig, epochs: float, log: Log | None = None
 ) -> None:
     """Fine-tune a pruned model in place (:func:`~autoprune.train.finetune_pruned`: BatchNorm
-    statistics re-estimated before and after, the base as teacher when the policy distils); with
-    0 epochs only BatchNorm statistics are refreshed."""
+    statistics re-estimated after the last step, the base as teacher when the policy distils);
+    with 0 epochs only BatchNorm statistics are refreshed."""
     t0 = time.perf_counter()
     if epochs > 0:
         train_config = _train_config(pruned.policy, config, epochs)

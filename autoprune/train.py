@@ -416,23 +416,38 @@ def finetune_pruned(
     bn_batches: int = 8,
     log: Log | None = None,
 ) -> nn.Module:
-    """Fine-tune a freshly pruned model: :func:`fit` between two BatchNorm re-estimates.
+    """Fine-tune a freshly pruned model with :func:`fit`, ending on re-estimated BatchNorm statistics.
 
     Pruning leaves every BatchNorm holding the base's statistics for channels that now see
     other inputs. :func:`fit` updates them by an exponential average (momentum 0.1), so a short
     fine-tune of a few dozen steps would end with part of the base's stale statistics still in
     them, and measure below the adaptive-BN figure it started from. So the statistics are
-    re-estimated on ``bn_batches`` calibration batches before the first step (the fine-tune
-    starts from the pruned network's own statistics) and again after the last (they match the
+    re-estimated on ``bn_batches`` calibration batches after the last step (they match the
     final weights). ``teacher`` is the unpruned base when the recipe distils; ``bn_batches`` 0
-    skips both re-estimates.
+    skips the re-estimate.
+
+    No estimate is made before the first step: in train mode a BatchNorm normalises with each
+    batch's own statistics, so the running ones it starts from never reach the weights, and the
+    estimate after the last step replaces them (the weights and statistics come out bit for bit
+    as with an estimate before; ``tests/test_finetune.py``). A model that keeps a BatchNorm in
+    eval mode while training (frozen statistics) does train on them, and gets one before too.
     """
-    if bn_batches > 0:
+    if bn_batches > 0 and (config.retrain.epochs <= 0 or _trains_on_running_statistics(model)):
         recalibrate_batchnorm(model, calibration, device, num_batches=bn_batches)
     fit(model, train, config, device, seed=seed, log=log, teacher=teacher)
     if bn_batches > 0 and config.retrain.epochs > 0:
         recalibrate_batchnorm(model, calibration, device, num_batches=bn_batches)
     return model
+
+
+def _trains_on_running_statistics(model: nn.Module) -> bool:
+    """Whether a BatchNorm of ``model`` normalises with its running statistics in training: one
+    that stays in eval mode when the model is put in train mode (as :func:`fit` does)."""
+    model.train()
+    return any(
+        isinstance(m, BATCH_NORMS) and m.track_running_stats and not m.training
+        for m in model.modules()
+    )
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int, total_steps: int, lr: float) -> None:

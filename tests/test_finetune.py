@@ -189,6 +189,63 @@ def test_a_short_fine_tune_ends_with_the_statistics_of_its_final_weights() -> No
     assert tuned[1].running_mean.min() > -20
 
 
+class _FrozenStatistics(nn.Module):
+    """A network whose BatchNorm stays in eval mode in training: it normalises with its running
+    statistics (as detection models freeze theirs), so they reach the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _bn_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> _FrozenStatistics:
+        super().train(mode)
+        self.net[1].eval()
+        return self
+
+
+@pytest.mark.parametrize("make", [_bn_net, _FrozenStatistics], ids=["batch-stats", "frozen-bn"])
+def test_the_fine_tune_equals_estimating_the_statistics_before_and_after_it(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bit for bit what the recipe with an estimate before the first step gives, with that
+    estimate made only where training reads the running statistics (a frozen BatchNorm)."""
+    from autoprune import train
+
+    torch.manual_seed(0)
+    data = TensorDataset(3.0 + 2.0 * torch.randn(256, 1, 6, 6), torch.randint(0, 3, (256,)))
+    config = TrainConfig(Retrain(epochs=5 / 16, lr=0.05), batch_size=16)
+
+    def stale() -> nn.Module:
+        torch.manual_seed(1)
+        model = make()
+        bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        bn.running_mean.fill_(-50.0)
+        bn.running_var.fill_(1e-3)
+        return model
+
+    before_and_after = stale()
+    recalibrate_batchnorm(before_and_after, data, CPU, num_batches=4)
+    fit(before_and_after, data, config, CPU, seed=3)
+    recalibrate_batchnorm(before_and_after, data, CPU, num_batches=4)
+
+    estimates: list[int] = []
+    real = train.recalibrate_batchnorm
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        estimates.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "recalibrate_batchnorm", counted)
+    tuned = finetune_pruned(stale(), data, data, config, CPU, seed=3, bn_batches=4)
+    assert len(estimates) == (2 if make is _FrozenStatistics else 1)
+    expected = before_and_after.state_dict()
+    for name, value in tuned.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
 # --------------------------------------------------------------------------- replay
 
 
