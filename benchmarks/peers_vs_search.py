@@ -321,7 +321,7 @@ def run_setting(
                 finetune_wall_s=time.perf_counter() - t1, finetune_epochs=profile.replay_epochs,
             )  # fmt: skip
         # The peers' fine-tune: the baselines' recipe and seed, the replay's epochs and loop
-        # (BatchNorm re-estimated before and after, distilled from the base when it distils).
+        # (BatchNorm re-estimated after the last step, distilled from the base when it distils).
         train_config = TrainConfig(
             replace(recipe.retrain, epochs=profile.replay_epochs), cudnn_benchmark=False
         )
