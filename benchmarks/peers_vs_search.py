@@ -3,6 +3,7 @@
     make benchmark                                             # the cpu profile (about an hour, 2 cores)
     python benchmarks/peers_vs_search.py --profile cpu --rungs 2   # what make benchmark runs
     python benchmarks/peers_vs_search.py --profile gpu        # ResNet-56 and MobileNetV2, one GPU
+    python benchmarks/peers_vs_search.py --profile gpu-mobilenetv2 --data-root DIR    # one lent GPU
     python benchmarks/peers_vs_search.py --report benchmarks/results/peers-cpu-rungs2.json   # tables again
 
 Fashion-MNIST. For every (network, budget, seed) it runs ``autoprune search`` (its baselines are
@@ -44,6 +45,8 @@ SEARCHED = "autoprune (searched)"
 NO_LADDER = "autoprune (searched, no ladder)"  # its winner at rung 0, when the search has a ladder
 # A table's rows: hand-written policies, then the peers, then autoprune (its winner last).
 KIND_ORDER = ("uniform", "global", "sensitivity", "torch-pruning", "fastnas", "searched")
+# Fashion-MNIST's ten classes: chance is 0.1; the cpu profile's ResNet-20 base reaches 0.93.
+MIN_BASE_ACCURACY = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Profile:
     fastnas_score_images: int  # val images FastNAS scores each candidate width on
     space: str = "fashion-mnist"
     executor: str = "ray"
+    data_root: str | None = None  # Fashion-MNIST's four IDX files (None: the Debian package's)
     max_concurrent: int = 2
     rungs: int = 1  # the search's ladder (--rungs); > 1 also replays the winner it had without
     eta: int = 3
@@ -79,7 +83,9 @@ PROFILES = {
         base_epochs={"resnet20": 10},
         fastnas_score_images=500,
     ),
-    # One H200, at most 8 minutes once bases exist (gpu_campaign.py carries the dataset in).
+    # The whole table on one GPU: not run yet. Its bases alone (30 epochs each) and 18 searches
+    # take longer than the 15 minutes of device time a session is lent; gpu-mobilenetv2 is the
+    # part of it issue 20's check needs, sized to fit.
     "gpu": Profile(
         networks=("resnet56", "mobilenetv2"),
         budgets=(0.5, 0.3, 0.2),
@@ -90,10 +96,27 @@ PROFILES = {
         fastnas_score_images=1000,
         max_concurrent=8,
     ),
+    # Issue 20's compact-net cell, sized for one lent GPU session (one command of at most 10
+    # minutes): MobileNetV2 at B 0.2, the cpu profile's search and final fine-tune, on a base
+    # of 15 epochs. No Ray: the package archive that travels with the dataset leaves it out
+    # (64 MiB a call), so trials run one at a time in the driver (`--executor local`), on the
+    # GPU. `--time-budget-s` starts no seed the time left cannot hold; the JSON is rewritten
+    # after every seed, and the base (about 9 MB) can go back for the next session to carry.
+    "gpu-mobilenetv2": Profile(
+        networks=("mobilenetv2",),
+        budgets=(0.2,),
+        seeds=(0, 1, 2),
+        trials=14,
+        replay_epochs=0.3,
+        base_epochs={"mobilenetv2": 15},
+        fastnas_score_images=1000,
+        executor="local",
+        max_concurrent=1,
+    ),
 }
 
 
-def ensure_base(network: str, epochs: float, log: Any) -> Path:
+def ensure_base(network: str, epochs: float, log: Any, data_root: str | None = None) -> Path:
     """The network's Fashion-MNIST base (``autoprune train`` recipe), trained here when missing."""
     from autoprune.base import default_base_path, train_base
 
@@ -101,8 +124,24 @@ def ensure_base(network: str, epochs: float, log: Any) -> Path:
     if not path.exists():
         log(f"training the {network} base: autoprune train --model {network} "
             f"--dataset {DATASET} --epochs {epochs:g}")  # fmt: skip
-        train_base(network, DATASET, epochs, path)
+        train_base(network, DATASET, epochs, path, data_root=data_root)
     return path
+
+
+def base_is_trained(base: Path, log: Any) -> bool:
+    """False (said in one line) for a base near chance: every margin on it would be noise, so a
+    run stops there instead of spending its (GPU) time."""
+    from autoprune.base import load_base
+
+    accuracy = load_base(base).metrics.get("val_accuracy")
+    if accuracy is None or float(accuracy) >= MIN_BASE_ACCURACY:
+        return True
+    log(
+        f"error: the base {base} has val accuracy {float(accuracy):.3f}, under "
+        f"{MIN_BASE_ACCURACY}: it did not train; delete it and train it for more epochs "
+        "(autoprune train --epochs N) before comparing policies on it"
+    )
+    return False
 
 
 def uniform_extras(space_name: str, have: set[str]) -> list[str]:
@@ -183,9 +222,20 @@ def _trial_wall(trial: Any) -> float:
 
 
 def run_setting(
-    network: str, base: Path, budget: float, profile: Profile, out: Path, log: Any
+    network: str,
+    base: Path,
+    budget: float,
+    profile: Profile,
+    out: Path,
+    log: Any,
+    on_seed: Any = None,
+    deadline: float | None = None,
 ) -> list[dict]:
-    """Every method at one (network, budget), over the profile's seeds: one row each."""
+    """Every method at one (network, budget), over the profile's seeds: one row each.
+
+    ``on_seed(rows)`` is called after each seed with the rows so far (the caller saves them, so
+    a run cut short keeps its finished seeds); no seed starts once ``time.monotonic()`` is past
+    ``deadline`` minus the longest seed so far."""
     import peers
     import torch
 
@@ -201,7 +251,7 @@ def run_setting(
 
     device = select_device("auto")
     loaded = load_base(base)
-    splits = load_splits(DATASET, None)
+    splits = load_splits(DATASET, profile.data_root)
     example = loaded.spec.example_inputs().to(device)
     rows: list[dict] = []
     storage = f"sqlite:///{(out / 'peers.db').resolve()}"
@@ -245,10 +295,16 @@ def run_setting(
         except peers.PeerUnavailable as exc:
             peer_models["FastNAS (ModelOpt)"] = str(exc)
 
+    longest = 0.0
     for seed in profile.seeds:
+        if deadline is not None and time.monotonic() + longest > deadline:
+            log(f"{network} {budget:g}: out of time, seed {seed} and later not run")
+            break
+        seed_t0 = time.monotonic()
         name = f"peers-{network}-b{budget:g}-s{seed}-{loaded.sha256[:8]}"
         config = SearchConfig(
             model=network, base_checkpoint=str(base), budget_flops=budget, dataset=DATASET,
+            data_root=profile.data_root,
             space=profile.space, seed=seed, executor=profile.executor, storage=storage,
             study=name, trials=profile.trials, max_concurrent=profile.max_concurrent,
             rungs=profile.rungs, eta=profile.eta,
@@ -292,7 +348,8 @@ def run_setting(
             result = replayed.get(root) if root is not None else None
             if result is None:
                 result = replay(
-                    policy, base_checkpoint=str(base), epochs=profile.replay_epochs,
+                    policy, base_checkpoint=str(base), data_root=profile.data_root,
+                    epochs=profile.replay_epochs,
                     out=out / "checkpoints" / f"{name}-{label}.pt", export_program_file=False,
                     log=lambda _line: None,
                 )  # fmt: skip
@@ -345,6 +402,9 @@ def run_setting(
                 finetune_wall_s=finetune_wall, finetune_epochs=profile.replay_epochs,
                 detail=made.detail,
             )  # fmt: skip
+        longest = max(longest, time.monotonic() - seed_t0)
+        if on_seed is not None:
+            on_seed(rows)
     return rows
 
 
@@ -556,6 +616,24 @@ def main(argv: list[str] | None = None) -> int:
         help="only these of the profile's budgets (a partial run: its JSON gets a suffix and "
         "docs/benchmarks.md is left alone)",
     )  # fmt: skip
+    parser.add_argument(
+        "--networks", nargs="+",
+        help="only these of the profile's networks (a partial run, as --budgets)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="only these seeds (a partial run, as --budgets)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-root", type=Path,
+        help="a folder holding Fashion-MNIST's four IDX files, gzipped or not (default: where "
+        "Debian's dataset-fashion-mnist installs them); for a machine without the package",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-budget-s", type=float,
+        help="start no seed that the time left (measured from the start) cannot hold, judged "
+        "by the longest seed so far; the results JSON keeps every finished seed",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.report:
@@ -584,10 +662,37 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, rungs=args.rungs)
         suffix += f"-rungs{args.rungs}"
         command += f" --rungs {args.rungs}"
+    if args.networks:
+        unknown = sorted(set(args.networks) - set(profile.networks))
+        if unknown:
+            print(
+                f"error: --networks {' '.join(unknown)}: not in profile {args.profile} "
+                f"({', '.join(profile.networks)}); pick from those or another --profile",
+                file=sys.stderr,
+            )
+            return 2
+        profile = replace(profile, networks=tuple(args.networks))
+        suffix += "-" + "-".join(args.networks)
+        command += " --networks " + " ".join(args.networks)
     if args.budgets:
         profile = replace(profile, budgets=tuple(args.budgets))
         suffix += "-b" + "-".join(f"{b:g}" for b in args.budgets)
         command += " --budgets " + " ".join(f"{b:g}" for b in args.budgets)
+    if args.seeds:
+        profile = replace(profile, seeds=tuple(args.seeds))
+        suffix += "-s" + "-".join(str(s) for s in args.seeds)
+        command += " --seeds " + " ".join(str(s) for s in args.seeds)
+    if args.data_root:
+        if not args.data_root.is_dir():
+            print(
+                f"error: --data-root {args.data_root}: no such folder; give the folder that "
+                "holds train-images-idx3-ubyte.gz and the other three Fashion-MNIST files",
+                file=sys.stderr,
+            )
+            return 2
+        profile = replace(profile, data_root=str(args.data_root.resolve()))
+    # docs/benchmarks.md holds the cpu profile's whole tables; other runs print and save theirs
+    partial = bool(args.networks or args.budgets or args.seeds) or args.profile != "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": command,
@@ -605,18 +710,25 @@ def main(argv: list[str] | None = None) -> int:
     result = args.out / f"peers-{args.profile}{suffix}.json"
     rows: list[dict] = []
     t0 = time.perf_counter()
+    deadline = time.monotonic() + args.time_budget_s if args.time_budget_s else None
+
+    def save(setting_rows: list[dict]) -> None:
+        meta["wall_s"] = time.perf_counter() - t0
+        result.write_text(json.dumps({"meta": meta, "rows": rows + setting_rows}, indent=1))
+
     try:
         for network in profile.networks:
-            base = ensure_base(network, profile.base_epochs[network], print)
+            base = ensure_base(network, profile.base_epochs[network], print, profile.data_root)
+            if not base_is_trained(base, lambda line: print(line, file=sys.stderr)):
+                return 2
             for budget in profile.budgets:
-                rows += run_setting(network, base, budget, profile, args.out, print)
-                meta["wall_s"] = time.perf_counter() - t0
-                result.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+                rows += run_setting(network, base, budget, profile, args.out, print, save, deadline)
+                save([])
     except UserError as exc:  # e.g. Fashion-MNIST missing: the message says how to install it
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_tables(rows)
-    if args.budgets:  # a partial run: docs/benchmarks.md keeps the whole profile's tables
+    if partial:
         print(f"\n{result} written in {time.perf_counter() - t0:.0f} s")
         return 0
     write_markdown(rows, meta, args.docs, args.images, args.out / "ab")

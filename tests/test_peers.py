@@ -173,6 +173,39 @@ def test_report_of_a_file_it_did_not_write_exits_2_with_one_line(
     assert len(err.strip().splitlines()) == 1 and not docs.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--networks", "resnet56"], "error: --networks resnet56: not in profile cpu (resnet20)"),
+        (["--data-root", "{tmp}/nowhere"], "error: --data-root {tmp}/nowhere: no such folder"),
+    ],
+)
+def test_a_partial_run_it_cannot_make_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """Before any base is trained or anything written: the input, the problem, the fix."""
+    out = tmp_path / "results"
+    argv = [a.format(tmp=tmp_path) for a in args]
+    assert peers_vs_search.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(tmp=tmp_path)) and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_gpu_cell_runs_without_ray_and_replays_like_the_cpu_table() -> None:
+    """The issue-20 MobileNetV2 cell runs without Ray (the archive that travels with the
+    dataset leaves it out) and replays with the cpu profile's fine-tune, so its margins read
+    like the cpu table's."""
+    cell, cpu = peers_vs_search.PROFILES["gpu-mobilenetv2"], peers_vs_search.PROFILES["cpu"]
+    assert cell.networks == ("mobilenetv2",) and cell.budgets == (0.2,)
+    assert cell.executor == "local" and cell.max_concurrent == 1
+    assert (cell.replay_epochs, cell.trials, cell.space) == (
+        cpu.replay_epochs,
+        cpu.trials,
+        cpu.space,
+    )
+
+
 def _ladder_study() -> tuple[optuna.Study, dict[str, int]]:
     """A laddered study: a baseline, three searched trials at the budget (one promoted twice),
     one below the budget. Rung figures are higher than rung 0's, as longer fine-tunes give."""
@@ -211,3 +244,22 @@ def test_the_no_ladder_row_is_the_best_rung_0_figure_and_its_cost_counts_every_r
     first = min(t.datetime_start for t in rung_trials)
     last = max(t.datetime_complete for t in rung_trials)
     assert wall == pytest.approx((last - first).total_seconds())
+
+
+def test_a_base_that_did_not_train_stops_the_run(
+    trained_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base at chance would make every margin noise: the run says so instead of searching."""
+    import torch
+
+    from autoprune.base import load_base
+
+    checkpoint = torch.load(trained_base, map_location="cpu", weights_only=True)
+    assert peers_vs_search.base_is_trained(trained_base, print)
+    checkpoint["metrics"]["val_accuracy"] = 0.1
+    at_chance = tmp_path / "base.pt"
+    torch.save(checkpoint, at_chance)
+    assert load_base(at_chance).metrics["val_accuracy"] == 0.1
+    said: list[str] = []
+    assert not peers_vs_search.base_is_trained(at_chance, said.append)
+    assert said[0].startswith(f"error: the base {at_chance} has val accuracy 0.100, under 0.5")
