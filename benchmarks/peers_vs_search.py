@@ -605,7 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--images", type=Path, default=Path("docs/images/benchmarks"))
-    parser.add_argument("--report", type=Path, help="only print and write the report of a JSON")
+    parser.add_argument(
+        "--report", type=Path, nargs="+",
+        help="only print and write the report of results JSONs (several: their rows together, "
+        "e.g. seeds run in separate sessions)",
+    )  # fmt: skip
     parser.add_argument(
         "--rungs", type=int,
         help="the searches' ladder (autoprune search --rungs); the winner each would have "
@@ -638,16 +642,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report:
         try:
-            saved = json.loads(args.report.read_text())
-            rows, meta = saved["rows"], saved["meta"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(
-                f"error: --report {args.report}: not a results JSON this benchmark wrote "
-                f"({type(exc).__name__}: {exc}); pass one from {args.out}/",
-                file=sys.stderr,
-            )
+            rows, meta = read_results(args.report)
+        except ValueError as exc:
+            print(f"error: --report {exc}; pass files from {args.out}/", file=sys.stderr)
             return 2
         print_tables(rows)
+        if meta["profile"] != "cpu":  # docs/benchmarks.md holds the cpu profile's tables
+            return 0
         write_markdown(rows, meta, args.docs, args.images, args.out / "ab")
         return 0
 
@@ -734,6 +735,48 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(rows, meta, args.docs, args.images, args.out / "ab")
     print(f"\n{result}, {args.docs} and {args.images}/ written in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def read_results(paths: list[Path]) -> tuple[list[dict], dict]:
+    """The rows of results JSONs together, with the first one's meta (the commits, dates and
+    machines of all of them, where they differ).
+
+    Raises:
+        ValueError: a file is not a results JSON this benchmark wrote, the files come from
+            different profiles, or two hold the same row (network, budget, seed and method).
+    """
+    rows: list[dict] = []
+    metas: list[dict] = []
+    seen: dict[tuple[Any, ...], Path] = {}
+    for path in paths:
+        try:
+            saved = json.loads(path.read_text())
+            file_rows, meta = list(saved["rows"]), dict(saved["meta"])
+            keys = [(r["network"], r["budget"], r["seed"], r["method"]) for r in file_rows]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}: not a results JSON this benchmark wrote ({type(exc).__name__}: {exc})"
+            ) from exc
+        if metas and meta.get("profile") != metas[0].get("profile"):
+            raise ValueError(
+                f"{path}: profile {meta.get('profile')}, {paths[0]}: profile "
+                f"{metas[0].get('profile')}; report one profile at a time"
+            )
+        for key in keys:
+            if key in seen:
+                network, budget, seed, method = key
+                raise ValueError(
+                    f"{path} and {seen[key]} both hold {method} on {network} at B {budget:g}, "
+                    f"seed {seed}; pass each seed's results once"
+                )
+            seen[key] = path
+        rows += file_rows
+        metas.append(meta)
+    meta = dict(metas[0])
+    for field_name in ("commit", "date", "machine", "command"):
+        values = list(dict.fromkeys(str(m.get(field_name)) for m in metas))
+        meta[field_name] = " + ".join(values) if len(values) > 1 else metas[0].get(field_name)
+    return rows, meta
 
 
 def _commit() -> str:

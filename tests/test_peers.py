@@ -7,6 +7,7 @@ installs; without it these tests are skipped and say which import failed.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -141,6 +142,48 @@ def test_report_pairs_margins_by_seed_and_names_what_could_not_run(tmp_path: Pat
     text = doc.read_text()
     assert "| uniform-l1 | 0.8500 ± 0.0500 | +2.50 ± 0.50 |" in text
     assert (tmp_path / "images" / "resnet20-b0.3.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _results(path: Path, seed: int, profile: str = "cpu", commit: str = "abc") -> Path:
+    rows = [_row("uniform-l1", seed, 0.80 + seed / 100), _row(peers_vs_search.SEARCHED, seed, 0.9)]
+    meta = {"command": "c", "profile": profile, "date": "d", "machine": "m", "torch": "t",
+            "commit": commit, "settings": {"replay_epochs": 0.3}}  # fmt: skip
+    path.write_text(json.dumps({"meta": meta, "rows": rows}))
+    return path
+
+
+def test_report_joins_seeds_run_in_separate_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = _results(tmp_path / "a.json", 0), _results(tmp_path / "b.json", 1, commit="def")
+    rows, meta = peers_vs_search.read_results([first, second])
+    assert sorted(r["seed"] for r in rows) == [0, 0, 1, 1] and meta["commit"] == "abc + def"
+    docs = tmp_path / "benchmarks.md"
+    args = ["--report", str(first), str(second), "--docs", str(docs)]
+    assert peers_vs_search.main([*args, "--images", str(tmp_path / "img")]) == 0
+    # paired over both files' seeds: margins 10 and 9 points
+    assert "| uniform-l1 | 0.8050 ± 0.0050 | +9.50 ± 0.50 |" in docs.read_text()
+    capsys.readouterr()
+    # the same seed twice is refused, naming both files; nothing is written
+    docs.unlink()
+    again = _results(tmp_path / "c.json", 1)
+    assert peers_vs_search.main(["--report", str(second), str(again), "--docs", str(docs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{again} and {second} both hold uniform-l1 on resnet20 at B 0.3, seed 1" in err
+    assert len(err.strip().splitlines()) == 1 and not docs.exists()
+
+
+def test_report_of_another_profile_prints_and_leaves_the_docs_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/benchmarks.md holds the cpu profile's tables; a GPU cell's report only prints."""
+    cell = _results(tmp_path / "gpu.json", 0, profile="gpu-mobilenetv2")
+    docs = tmp_path / "benchmarks.md"
+    assert peers_vs_search.main(["--report", str(cell), "--docs", str(docs)]) == 0
+    assert "uniform-l1" in capsys.readouterr().out and not docs.exists()
+    other = _results(tmp_path / "cpu.json", 1)
+    assert peers_vs_search.main(["--report", str(cell), str(other), "--docs", str(docs)]) == 2
+    assert "report one profile at a time" in capsys.readouterr().err
 
 
 def test_a_table_lists_hand_written_policies_then_peers_then_autoprune() -> None:
