@@ -242,6 +242,7 @@ def test_the_gpu_cell_runs_without_ray_and_replays_like_the_cpu_table() -> None:
     cell, cpu = peers_vs_search.PROFILES["gpu-mobilenetv2"], peers_vs_search.PROFILES["cpu"]
     assert cell.networks == ("mobilenetv2",) and cell.budgets == (0.2,)
     assert cell.executor == "local" and cell.max_concurrent == 1
+    assert cell.fastnas_divisor == 32 and cpu.fastnas_divisor == 8  # see Profile.fastnas_divisor
     assert (cell.replay_epochs, cell.trials, cell.space) == (
         cpu.replay_epochs,
         cpu.trials,
