@@ -220,9 +220,11 @@ def fastnas(
             this many training batches (FastNAS hands back the full model's).
 
     Raises:
-        PeerUnavailable: FastNAS finds no subnet under the budget (its ValueError's message).
+        PeerUnavailable: FastNAS finds no subnet under the budget, or no width to search at
+            this ``divisor``: ModelOpt's verdict (the last line of its report), in one line.
     """
     import modelopt.torch.prune as mtp
+    from modelopt.torch.opt.conversion import ApplyModeError
 
     device = device or example_inputs.device
     base_macs = count_macs_params(model, example_inputs)[0]
@@ -263,8 +265,11 @@ def fastnas(
                 dummy_input=example_inputs,
                 config=config,
             )
-    except ValueError as exc:  # "could not find a subnet satisfying the constraints", etc.
-        raise PeerUnavailable(f"FastNAS: {exc}".splitlines()[0][:200]) from exc
+    except (ValueError, ApplyModeError) as exc:  # no subnet meets the budget; nothing to search
+        # ModelOpt's message is a profiling report whose conclusion comes last
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = lines[-1] if lines else type(exc).__name__
+        raise PeerUnavailable(f"FastNAS (channel_divisor {divisor}): {said}"[:200]) from exc
     pruned = _plain(pruned)
     recalibrate_batchnorm(pruned, train, device, num_batches=recalibration_batches, batch_size=128)
     achieved = _macs_ratio(pruned.eval(), example_inputs, base_macs)

@@ -112,6 +112,25 @@ def test_fastnas_lands_under_the_budget_and_fine_tunes(tmp_path: Path) -> None:
     assert again.macs_ratio <= 0.3
 
 
+@pytest.mark.skipif("fastnas" in MISSING, reason=MISSING.get("fastnas", ""))
+@pytest.mark.parametrize(
+    ("divisor", "verdict"),
+    [
+        (8, "NOT all constraints can be satisfied"),  # a profiling report ending in its verdict
+        (32, "does not contain any configurable hyperparameters"),  # no width left to search
+    ],
+)
+def test_fastnas_that_cannot_search_says_why_in_one_line(divisor: int, verdict: str) -> None:
+    with pytest.raises(peers.PeerUnavailable) as raised:
+        peers.fastnas(
+            tiny(), torch.zeros(1, 1, 8, 8), 0.01, train=images(64, 0), score=images(8, 3),
+            batch_size=8, divisor=divisor,
+        )  # fmt: skip
+    message = str(raised.value)
+    assert message.startswith(f"FastNAS (channel_divisor {divisor}): ") and "\n" not in message
+    assert verdict in message
+
+
 def _row(method: str, seed: int, acc: float, **extra: object) -> dict:
     return {
         "network": "resnet20", "budget": 0.3, "seed": seed, "method": method, "kind": "x",
