@@ -217,6 +217,16 @@ def _lineage(study: Any, trial: Any) -> float:
     return total
 
 
+def _failed(exc: Exception, log: Any) -> str:
+    """A peer's unexpected error as its row's status; the traceback goes to the log. On a lent
+    GPU a peer that breaks must not cost the run the other methods' rows."""
+    import traceback
+
+    log(traceback.format_exc().rstrip())
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:200].rstrip(": ")
+
+
 def _trial_wall(trial: Any) -> float:
     if trial is None:  # a row derived from another trial's policy: nothing was spent choosing it
         return 0.0
@@ -287,6 +297,8 @@ def run_setting(
             )  # fmt: skip
         except peers.PeerUnavailable as exc:
             peer_models[name] = str(exc)
+        except Exception as exc:  # a peer's own failure costs its row, not the others'
+            peer_models[name] = _failed(exc, log)
     if "fastnas" in missing:
         peer_models["FastNAS (ModelOpt)"] = f"not installed: {missing['fastnas']}"
     else:
@@ -299,6 +311,8 @@ def run_setting(
             )  # fmt: skip
         except peers.PeerUnavailable as exc:
             peer_models["FastNAS (ModelOpt)"] = str(exc)
+        except Exception as exc:
+            peer_models["FastNAS (ModelOpt)"] = _failed(exc, log)
 
     longest = 0.0
     for seed in profile.seeds:

@@ -326,3 +326,13 @@ def test_a_base_that_did_not_train_stops_the_run(
     said: list[str] = []
     assert not peers_vs_search.base_is_trained(at_chance, said.append)
     assert said[0].startswith(f"error: the base {at_chance} has val accuracy 0.100, under 0.5")
+
+
+def test_a_peer_that_breaks_costs_its_row_only() -> None:
+    said: list[str] = []
+    try:
+        raise RuntimeError("CUDA error: an illegal memory access\nmore detail")
+    except RuntimeError as exc:
+        status = peers_vs_search._failed(exc, said.append)
+    assert status == "failed: RuntimeError: CUDA error: an illegal memory access"
+    assert said and said[0].startswith("Traceback") and "illegal memory access" in said[0]
