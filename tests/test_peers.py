@@ -113,6 +113,7 @@ def test_fastnas_lands_under_the_budget_and_fine_tunes(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif("fastnas" in MISSING, reason=MISSING.get("fastnas", ""))
+@pytest.mark.slow  # ModelOpt converts and profiles the model (seconds): make test runs it
 @pytest.mark.parametrize(
     ("divisor", "verdict"),
     [
