@@ -75,6 +75,11 @@ def missing() -> dict[str, str]:
     return out
 
 
+def message_lines(exc: BaseException) -> list[str]:
+    """The non-blank lines of an error's message, stripped (a library's may be a whole report)."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
 def _macs_ratio(model: nn.Module, example_inputs: torch.Tensor, base_macs: int) -> float:
     return count_macs_params(model, example_inputs)[0] / base_macs
 
@@ -267,7 +272,7 @@ def fastnas(
             )
     except (ValueError, ApplyModeError) as exc:  # no subnet meets the budget; nothing to search
         # ModelOpt's message is a profiling report whose conclusion comes last
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        lines = message_lines(exc)
         said = lines[-1] if lines else type(exc).__name__
         raise PeerUnavailable(f"FastNAS (channel_divisor {divisor}): {said}"[:200]) from exc
     pruned = _plain(pruned)

@@ -222,9 +222,26 @@ def _failed(exc: Exception, log: Any) -> str:
     GPU a peer that breaks must not cost the run the other methods' rows."""
     import traceback
 
+    import peers
+
     log(traceback.format_exc().rstrip())
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = peers.message_lines(exc)
     return f"failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:200].rstrip(": ")
+
+
+def within_deadline(
+    items: Any, deadline: float | None, out_of_time: Any, clock: Any = time.monotonic
+) -> Any:
+    """``items`` one by one while the time left (to ``deadline``, on ``clock``) holds the longest
+    item so far; at the first that it cannot, ``out_of_time(item)`` and no more."""
+    longest = 0.0
+    for item in items:
+        start = clock()
+        if deadline is not None and start + longest > deadline:
+            out_of_time(item)
+            return
+        yield item
+        longest = max(longest, clock() - start)
 
 
 def _trial_wall(trial: Any) -> float:
@@ -249,7 +266,7 @@ def run_setting(
 
     ``on_seed(rows)`` is called after each seed with the rows so far (the caller saves them, so
     a run cut short keeps its finished seeds); no seed starts once ``time.monotonic()`` is past
-    ``deadline`` minus the longest seed so far."""
+    ``deadline`` minus the longest seed so far (:func:`within_deadline`)."""
     import peers
     import torch
 
@@ -314,12 +331,10 @@ def run_setting(
         except Exception as exc:
             peer_models["FastNAS (ModelOpt)"] = _failed(exc, log)
 
-    longest = 0.0
-    for seed in profile.seeds:
-        if deadline is not None and time.monotonic() + longest > deadline:
-            log(f"{network} {budget:g}: out of time, seed {seed} and later not run")
-            break
-        seed_t0 = time.monotonic()
+    def out_of_time(seed: int) -> None:
+        log(f"{network} {budget:g}: out of time, seed {seed} and later not run")
+
+    for seed in within_deadline(profile.seeds, deadline, out_of_time):
         name = f"peers-{network}-b{budget:g}-s{seed}-{loaded.sha256[:8]}"
         config = SearchConfig(
             model=network, base_checkpoint=str(base), budget_flops=budget, dataset=DATASET,
@@ -421,7 +436,6 @@ def run_setting(
                 finetune_wall_s=finetune_wall, finetune_epochs=profile.replay_epochs,
                 detail=made.detail,
             )  # fmt: skip
-        longest = max(longest, time.monotonic() - seed_t0)
         if on_seed is not None:
             on_seed(rows)
     return rows
@@ -666,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --report {exc}; pass files from {args.out}/", file=sys.stderr)
             return 2
         print_tables(rows)
-        if meta["profile"] != "cpu":  # docs/benchmarks.md holds the cpu profile's tables
+        if meta.get("profile") != "cpu":  # docs/benchmarks.md holds the cpu profile's tables
             return 0
         write_markdown(rows, meta, args.docs, args.images, args.out / "ab")
         return 0

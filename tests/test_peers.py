@@ -310,7 +310,7 @@ def test_the_no_ladder_row_is_the_best_rung_0_figure_and_its_cost_counts_every_r
     assert wall == pytest.approx((last - first).total_seconds())
 
 
-def test_a_base_that_did_not_train_stops_the_run(
+def test_a_base_that_did_not_train_is_refused_in_one_line(
     trained_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A base at chance would make every margin noise: the run says so instead of searching."""
@@ -337,3 +337,22 @@ def test_a_peer_that_breaks_costs_its_row_only() -> None:
         status = peers_vs_search._failed(exc, said.append)
     assert status == "failed: RuntimeError: CUDA error: an illegal memory access"
     assert said and said[0].startswith("Traceback") and "illegal memory access" in said[0]
+
+
+def test_seeds_start_only_while_the_time_left_holds_the_longest_so_far() -> None:
+    now = [0.0]
+    stopped: list[int] = []
+    ran: list[int] = []
+    for seed in peers_vs_search.within_deadline(
+        [0, 1, 2, 3], 100.0, stopped.append, lambda: now[0]
+    ):
+        ran.append(seed)
+        now[0] += {0: 30.0, 1: 45.0, 2: 10.0}[seed]  # seed 2 starts at 75: 75 + 45 > 100
+    assert ran == [0, 1] and stopped == [2]
+    now[0] = 0.0
+    assert list(peers_vs_search.within_deadline([0, 1], None, stopped.append, lambda: 1e9)) == [
+        0,
+        1,
+    ]
+    # already past the deadline, not even the first seed starts
+    assert list(peers_vs_search.within_deadline([5], 10.0, stopped.append, lambda: 50.0)) == []
