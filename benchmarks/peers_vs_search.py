@@ -63,6 +63,10 @@ class Profile:
     # FastNAS's channel_divisor: ModelOpt's default of 32 leaves ResNet-20's 16-64 channels 3
     # widths, 8 gives 11; MobileNetV2's 96-1280 get enough at 32, where 8 scores ~1,100 widths
     fastnas_divisor: int = 8
+    # FastNAS recalibrates BatchNorm on 50 batches of this size before scoring each width; on
+    # a 28x28 input each channel's statistics average over batch x H x W values, so 8 images
+    # already give thousands per channel on the first layers
+    fastnas_batch_size: int = 64
     space: str = "fashion-mnist"
     executor: str = "ray"
     data_root: str | None = None  # Fashion-MNIST's four IDX files (None: the Debian package's)
@@ -85,6 +89,24 @@ PROFILES = {
         replay_epochs=0.3,
         base_epochs={"resnet20": 10},
         fastnas_score_images=500,
+    ),
+    # Issue 20's compact-net cell on the 2-core machine, one seed a session (`--seeds N`, then
+    # `--report` joins the JSONs): MobileNetV2 at B 0.2 with the cpu profile's search, executor
+    # and final fine-tune. An epoch of MobileNetV2 takes ~11 minutes here, so its base gets 3
+    # (~35 minutes, once; kept under $AUTOPRUNE_HOME for the next seeds). FastNAS runs at
+    # ModelOpt's default channel_divisor (see gpu-mobilenetv2) and calibrates on batches of 8:
+    # its map of 243 widths is then ~17 minutes, where batches of 64 would take about an hour
+    # (the map is kept beside the results, so later seeds reuse it). A seed is ~1.5 hours.
+    "cpu-mobilenetv2": Profile(
+        networks=("mobilenetv2",),
+        budgets=(0.2,),
+        seeds=(0, 1, 2),
+        trials=14,
+        replay_epochs=0.3,
+        base_epochs={"mobilenetv2": 3},
+        fastnas_score_images=500,
+        fastnas_divisor=32,
+        fastnas_batch_size=8,
     ),
     # The whole table on one GPU: not run yet. Its bases alone (30 epochs each) and 18 searches
     # take longer than the 15 minutes of device time a session is lent; gpu-mobilenetv2 is the
@@ -323,7 +345,7 @@ def run_setting(
         try:
             peer_models["FastNAS (ModelOpt)"] = peers.fastnas(
                 model, example, budget, train=splits.calibration, score=score, device=device,
-                divisor=profile.fastnas_divisor,
+                divisor=profile.fastnas_divisor, batch_size=profile.fastnas_batch_size,
                 checkpoint=out / "fastnas" / f"{network}-{loaded.sha256[:12]}.pth",
             )  # fmt: skip
         except peers.PeerUnavailable as exc:

@@ -270,6 +270,23 @@ def test_the_gpu_cell_runs_without_ray_and_replays_like_the_cpu_table() -> None:
     )
 
 
+def test_the_cpu_cell_is_the_gpu_cell_run_like_the_cpu_table() -> None:
+    """The same cell on 2 cores, a seed a session: the cpu table's search, executor and final
+    fine-tune on MobileNetV2 at B 0.2, FastNAS at the GPU cell's divisor with its BatchNorm
+    calibration on small batches (its map would otherwise take about an hour here)."""
+    cell, gpu, cpu = (
+        peers_vs_search.PROFILES[name] for name in ("cpu-mobilenetv2", "gpu-mobilenetv2", "cpu")
+    )
+    assert (cell.networks, cell.budgets, cell.fastnas_divisor) == (
+        gpu.networks,
+        gpu.budgets,
+        gpu.fastnas_divisor,
+    )
+    same = ("replay_epochs", "trials", "space", "executor", "max_concurrent", "rungs")
+    assert [getattr(cell, f) for f in same] == [getattr(cpu, f) for f in same]
+    assert cell.fastnas_batch_size < cpu.fastnas_batch_size == gpu.fastnas_batch_size
+
+
 def _ladder_study() -> tuple[optuna.Study, dict[str, int]]:
     """A laddered study: a baseline, three searched trials at the budget (one promoted twice),
     one below the budget. Rung figures are higher than rung 0's, as longer fine-tunes give."""
