@@ -92,11 +92,12 @@ PROFILES = {
     ),
     # Issue 20's compact-net cell on the 2-core machine, one seed a session (`--seeds N`, then
     # `--report` joins the JSONs): MobileNetV2 at B 0.2 with the cpu profile's search, executor
-    # and final fine-tune. An epoch of MobileNetV2 takes ~11 minutes here, so its base gets 3
+    # and final fine-tune. An epoch of MobileNetV2 took 8-14 minutes here, so its base gets 3
     # (~35 minutes, once; kept under $AUTOPRUNE_HOME for the next seeds). FastNAS runs at
     # ModelOpt's default channel_divisor (see gpu-mobilenetv2) and calibrates on batches of 8:
-    # its map of 243 widths is then ~17 minutes, where batches of 64 would take about an hour
-    # (the map is kept beside the results, so later seeds reuse it). A seed is ~1.5 hours.
+    # its map of 243 widths then took ~20 minutes, where batches of 64 would take about an hour
+    # (the map is kept beside the results, so later seeds reuse it). Measured: the first seed
+    # 94 minutes with the base, the map and the sensitivity pass; a later one 28.5 minutes.
     "cpu-mobilenetv2": Profile(
         networks=("mobilenetv2",),
         budgets=(0.2,),
